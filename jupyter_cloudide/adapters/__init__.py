@@ -1,0 +1,2 @@
+"""Protocol adapters for non-standard model services (entry point group
+``jupyter_cloudide.adapters``; see the /v1 issue)."""

@@ -1,0 +1,1 @@
+"""Agent layer: conversations now; model routing, prompts, tools and approvals later."""

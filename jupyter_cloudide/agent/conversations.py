@@ -1,0 +1,59 @@
+"""Conversations: the caller's chat threads, persisted in the metadata store.
+
+Owner checks live in the store (a conversation of another user is "not found"); this module
+turns records into the JSON shapes of api.yaml and keeps the async boundary: every store call
+runs on the store's worker threads, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from ..storage.db import MetadataStore
+
+MAX_LIMIT = 200
+
+
+def parse_limit(raw: str) -> int:
+    """The ``limit`` query parameter: an integer in 1..200."""
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidInputError(f"limit: must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    return int(raw)
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    """A store record (frozen dataclass) as JSON-ready data with ISO timestamps."""
+    out: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(record).items():
+        out[key] = value.isoformat() if isinstance(value, datetime) else value
+    return out
+
+
+class ConversationService:
+    """Create, list and read conversations for one server."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self.store = store
+
+    async def create(self, owner: str, title: str | None, model: str | None) -> dict[str, Any]:
+        record = await self.store.call(
+            self.store.create_conversation, owner, (title or "New conversation").strip()
+            or "New conversation", model
+        )
+        return to_json(record)
+
+    async def list(self, owner: str, limit: int) -> list[dict[str, Any]]:
+        records = await self.store.call(self.store.list_conversations, owner, limit)
+        return [to_json(r) for r in records]
+
+    async def get(self, owner: str, conversation_id: str) -> dict[str, Any]:
+        record = await self.store.call(self.store.get_conversation, conversation_id, owner)
+        messages = await self.store.call(self.store.list_messages, conversation_id, owner)
+        out = to_json(record)
+        out["messages"] = [to_json(m) for m in messages]
+        return out

@@ -1,0 +1,442 @@
+"""CloudIDEApp: the server extension. Every setting is a traitlet; services are wired here.
+
+Start-up cost matters (the target is <= 300 ms added to ``jupyter server``): nothing heavy is
+imported at module level. The metadata store (SQLAlchemy, alembic) is opened by a background
+task after the server's loop runs; until it is ready, health says ``starting`` and routes that
+need it wait for it briefly, then answer 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Dict, Float, Int, Unicode, default, validate
+
+from ._version import __version__
+from .errors import ServiceUnavailableError
+from .gateway import routes
+from .gateway.channel import RequestContext, RequestRegistry, SessionManager
+from .metering import events, metrics
+
+if TYPE_CHECKING:
+    from .agent.conversations import ConversationService
+    from .gateway.ratelimit import Decision, Limit, RateLimiter
+    from .storage.db import MetadataStore
+
+ROUTE_CLASSES = ("chat", "completion", "execute", "search", "v1")
+_DEFAULT_RATE_LIMITS: dict[str, dict[str, int | None]] = {
+    "chat": {"requests_per_minute": 30, "tokens_per_minute": 200_000},
+    "completion": {"requests_per_minute": 240, "tokens_per_minute": 400_000},
+    "execute": {"requests_per_minute": 120, "tokens_per_minute": None},
+    "search": {"requests_per_minute": 120, "tokens_per_minute": None},
+    "v1": {"requests_per_minute": 120, "tokens_per_minute": 400_000},
+}
+ComponentProbe = Callable[[], dict[str, Any]]
+
+
+class CloudIDEApp(ExtensionApp):
+    """Turns a Jupyter server into a cloud AI IDE (gateway, agent, executor, storage)."""
+
+    name = "jupyter_cloudide"
+    description = __doc__
+    load_other_extensions = True
+
+    # -- storage ----------------------------------------------------------------------------
+
+    data_dir = Unicode(
+        config=True,
+        help="""Folder for this user's jupyter_cloudide data (metadata database, semantic
+        index). Default: `cloudide/` under the Jupyter data dir (per user), or the
+        JUPYTER_CLOUDIDE_DATA_DIR environment variable. Created with mode 0700.""",
+    )
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return os.environ.get("JUPYTER_CLOUDIDE_DATA_DIR") or os.path.join(
+            jupyter_data_dir(), "cloudide"
+        )
+
+    db_url = Unicode(
+        config=True,
+        help="""SQLAlchemy URL of the metadata database (conversations, approvals, usage
+        ledger, API keys). Default: a SQLite file in data_dir (WAL mode). For teams, a
+        PostgreSQL URL such as postgresql+psycopg://user@host/db (needs the `postgres`
+        extra). Environment: JUPYTER_CLOUDIDE_DB_URL.""",
+    )
+
+    @default("db_url")
+    def _default_db_url(self) -> str:
+        return os.environ.get("JUPYTER_CLOUDIDE_DB_URL") or (
+            "sqlite:///" + os.path.join(self.data_dir, "cloudide.db")
+        )
+
+    db_ready_timeout = Float(
+        10.0, config=True,
+        help="Seconds a request waits for the metadata database to open before a 503.",
+    )
+
+    # -- request limits ---------------------------------------------------------------------
+
+    max_body_bytes = Int(
+        1024 * 1024, config=True,
+        help="""Default size limit of a REST request body, in bytes (413 above it). A route's
+        `x-body-limit` in api.yaml and body_limits override it.""",
+    )
+    body_limits = Dict(
+        value_trait=Int(), config=True,
+        help="Per-route body size limits in bytes, by api.yaml operationId.",
+    )
+
+    rate_limits = Dict(
+        config=True,
+        help="""Per-user limits by route class (chat, completion, execute, search, v1):
+        {"chat": {"requests_per_minute": 30, "tokens_per_minute": 200000}, ...}. A class
+        missing here is unlimited; null in a dimension means unlimited.""",
+    )
+
+    @default("rate_limits")
+    def _default_rate_limits(self) -> dict[str, dict[str, int | None]]:
+        return {k: dict(v) for k, v in _DEFAULT_RATE_LIMITS.items()}
+
+    @validate("rate_limits")
+    def _validate_rate_limits(self, proposal: Any) -> dict[str, Any]:
+        value: dict[str, Any] = proposal["value"]
+        for route_class, limit in value.items():
+            if route_class not in ROUTE_CLASSES:
+                raise ValueError(f"rate_limits: unknown route class {route_class!r}")
+            if not isinstance(limit, dict) or set(limit) - {
+                "requests_per_minute", "tokens_per_minute"
+            }:
+                raise ValueError(
+                    f"rate_limits[{route_class!r}]: expected requests_per_minute and/or "
+                    "tokens_per_minute"
+                )
+        return value
+
+    rate_limit_backend = Unicode(
+        "memory", config=True,
+        help="""Where rate-limit counters live: `memory` (this process) or `redis` (shared by
+        every process pointing at redis_url, e.g. several servers behind one hub).""",
+    )
+
+    @validate("rate_limit_backend")
+    def _validate_backend(self, proposal: Any) -> str:
+        if proposal["value"] not in ("memory", "redis"):
+            raise ValueError("rate_limit_backend must be 'memory' or 'redis'")
+        return str(proposal["value"])
+
+    redis_url = Unicode(
+        config=True,
+        help="Redis URL for rate_limit_backend='redis'. Environment: JUPYTER_CLOUDIDE_REDIS_URL.",
+    )
+
+    @default("redis_url")
+    def _default_redis_url(self) -> str:
+        return os.environ.get("JUPYTER_CLOUDIDE_REDIS_URL", "")
+
+    rate_limit_fail_open = Bool(
+        False, config=True,
+        help="""When the Redis limiter cannot be reached: True serves requests unlimited
+        (logged), False (default) refuses them with 503.""",
+    )
+
+    # -- session channel --------------------------------------------------------------------
+
+    ws_max_frame_bytes = Int(
+        1024 * 1024, config=True,
+        help="Largest inbound WebSocket frame; the connection is closed with 1009 above it.",
+    )
+    ws_send_queue_frames = Int(
+        512, config=True,
+        help="Frames queued for one connection before it counts as a slow reader and is closed.",
+    )
+    ws_send_queue_bytes = Int(
+        8 * 1024 * 1024, config=True,
+        help="Bytes queued for one connection before it counts as a slow reader and is closed.",
+    )
+    ws_replay_frames = Int(
+        1000, config=True,
+        help="Frames kept per session for replay after a reconnect (`resume`).",
+    )
+    ws_replay_bytes = Int(
+        2 * 1024 * 1024, config=True,
+        help="Bytes kept per session for replay after a reconnect.",
+    )
+    ws_session_ttl = Float(
+        300.0, config=True,
+        help="Seconds a session without a connection is kept for a reconnect.",
+    )
+    ws_max_sessions_per_user = Int(
+        20, config=True, help="Live sessions per user; the oldest idle one is dropped above it.",
+    )
+    ws_max_inflight_requests = Int(
+        32, config=True, help="Requests one session may have running at once.",
+    )
+    ws_heartbeat_seconds = Float(
+        30.0, config=True,
+        help="""Interval of WebSocket protocol pings; a connection that answers none for
+        three intervals is closed. 0 disables.""",
+    )
+
+    # -- wiring -----------------------------------------------------------------------------
+
+    store: MetadataStore | None = None
+    sessions: SessionManager
+    ws_kinds: RequestRegistry
+    _limiter: RateLimiter | None = None
+    _limits: dict[str, Limit]
+    _store_ready: asyncio.Future[MetadataStore] | None = None
+    _db_state: dict[str, Any]
+    _limiter_state: dict[str, Any]
+    _tasks: list[asyncio.Task[None]]
+    _components: dict[str, ComponentProbe]
+    _conversations: ConversationService | None = None
+
+    def initialize_settings(self) -> None:
+        """Cheap, synchronous wiring; nothing here touches the disk or the network."""
+        self._tasks = []
+        self._components = {}
+        self._db_state = {"state": "starting"}
+        self._limiter_state = {"state": "starting", "backend": self.rate_limit_backend}
+        self.sessions = SessionManager(
+            replay_frames=self.ws_replay_frames,
+            replay_bytes=self.ws_replay_bytes,
+            ttl_s=self.ws_session_ttl,
+            max_sessions_per_user=self.ws_max_sessions_per_user,
+        )
+        self.ws_kinds = RequestRegistry()
+        self.ws_kinds.register("resume", self._ws_resume, resource="cloudide:session",
+                               schema="WsResume")
+        self.ws_kinds.register("health", self._ws_health, resource="cloudide:health",
+                               action="read", schema="WsHealth")
+        self.register_component("db", lambda: dict(self._db_state))
+        self.register_component("rate_limiter", lambda: dict(self._limiter_state))
+        self.register_component("session_channel", self._channel_state)
+        self.register_component("kernels", self._kernels_state)
+        self.settings["ws_ping_interval"] = int(self.ws_heartbeat_seconds * 1000)
+        events.register_schemas(self.serverapp.event_logger)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(routes.all_handlers())
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        """Start background services; returns at once so server start-up is not delayed."""
+        loop = asyncio.get_running_loop()
+        self._store_ready = loop.create_future()
+        self._limiter = self._build_limiter()
+        self._tasks.append(asyncio.create_task(self._open_store()))
+        self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self.log.info("jupyter_cloudide %s started (data: %s)", __version__, self.data_dir)
+
+    async def stop_extension(self) -> None:
+        """Stop cleanly: close sessions, cancel background tasks, close the store and limiter."""
+        self.sessions.close_all()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._limiter is not None:
+            await self._limiter.close()
+        if self.store is not None:
+            store, self.store = self.store, None
+            await asyncio.to_thread(store.close)
+        self._emit_lifecycle("stopped")
+
+    # -- storage ----------------------------------------------------------------------------
+
+    async def _open_store(self) -> None:
+        ready = self._store_ready
+        assert ready is not None
+        try:
+            store = await asyncio.to_thread(self._open_store_blocking)
+        except Exception as exc:
+            from .storage.errors import StorageError
+
+            message = str(exc) if isinstance(exc, StorageError) else type(exc).__name__
+            self._db_state = {"state": "error", "message": message}
+            self.log.error("jupyter_cloudide: metadata store failed to open: %s", message)
+            ready.set_exception(ServiceUnavailableError(f"metadata database: {message}"))
+            ready.exception()  # mark retrieved; requests re-raise it
+            self._emit_lifecycle("started")
+            return
+        self.store = store
+        self._db_state = {"state": "ok", "dialect": store.dialect,
+                          "schema": store.schema_version}
+        ready.set_result(store)
+        self._emit_lifecycle("started")
+
+    def _open_store_blocking(self) -> MetadataStore:
+        from .storage.db import MetadataStore
+
+        if self.db_url.startswith("sqlite:///") and not self.db_url.startswith("sqlite:///:"):
+            Path(self.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        store = MetadataStore(self.db_url)
+        store.open()
+        # Approvals left pending by a previous run can never be answered now.
+        store.expire_pending_approvals()
+        return store
+
+    async def metadata_store(self) -> MetadataStore:
+        """The open store; waits briefly while it is opening, 503 if it failed."""
+        if self.store is not None:
+            return self.store
+        if self._store_ready is None:
+            raise ServiceUnavailableError("metadata database is not started")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._store_ready),
+                                          self.db_ready_timeout)
+        except asyncio.TimeoutError:
+            raise ServiceUnavailableError("metadata database is still starting") from None
+
+    async def conversation_service(self) -> ConversationService:
+        if self._conversations is None:
+            from .agent.conversations import ConversationService
+
+            self._conversations = ConversationService(await self.metadata_store())
+        return self._conversations
+
+    # -- rate limits ------------------------------------------------------------------------
+
+    def _build_limiter(self) -> RateLimiter:
+        from .gateway.ratelimit import Limit, build_rate_limiter
+
+        self._limits = {
+            name: Limit(spec.get("requests_per_minute"), spec.get("tokens_per_minute"))
+            for name, spec in self.rate_limits.items()
+        }
+        limiter = build_rate_limiter(self.rate_limit_backend, self._limits,
+                                     self.redis_url or None)
+        self._limiter_state = {"state": "ok", "backend": self.rate_limit_backend}
+        return limiter
+
+    async def check_rate_limit(self, user: str, route_class: str,
+                               tokens: int = 0) -> Decision | None:
+        """Charge a request; None when no limiter runs (or Redis is down and we fail open)."""
+        from .gateway.ratelimit import RateLimiterUnavailable
+
+        if self._limiter is None:
+            return None
+        try:
+            decision = await self._limiter.check(user, route_class, tokens)
+        except RateLimiterUnavailable as exc:
+            self._limiter_state = {"state": "error", "backend": self.rate_limit_backend,
+                                   "message": str(exc)}
+            self.emit_refused(reason="limiter_unavailable", route=route_class, user=user,
+                              route_class=route_class)
+            if self.rate_limit_fail_open:
+                self.log.warning("rate limiter unavailable, serving unlimited: %s", exc)
+                return None
+            raise ServiceUnavailableError("rate limiter unavailable") from None
+        if self._limiter_state.get("state") != "ok":
+            self._limiter_state = {"state": "ok", "backend": self.rate_limit_backend}
+        return decision
+
+    def rate_limiter_for_channel(self) -> CloudIDEApp:
+        """The channel calls ``check(user, route_class, tokens)``; this app is that object."""
+        return self
+
+    async def check(self, user: str, route_class: str, tokens: int = 0) -> Any:
+        decision = await self.check_rate_limit(user, route_class, tokens)
+        if decision is not None and not decision.allowed:
+            metrics.RATE_LIMITED.labels(route_class, "ws").inc()
+            self.emit_refused(reason="rate_limited", route=route_class, user=user,
+                              route_class=route_class, retry_after_s=decision.retry_after_s)
+        return decision if decision is not None else _ALLOWED
+
+    # -- body limits ------------------------------------------------------------------------
+
+    def body_limit_for(self, operation_id: str | None) -> int:
+        """The body limit of an api.yaml operation: body_limits > x-body-limit > default."""
+        if operation_id is None:
+            return int(self.max_body_bytes)
+        if operation_id in self.body_limits:
+            return int(self.body_limits[operation_id])
+        from .gateway import spec
+
+        declared = spec.operations().get(operation_id, {}).get("body_limit")
+        return int(declared) if declared is not None else int(self.max_body_bytes)
+
+    # -- health and observability -----------------------------------------------------------
+
+    def register_component(self, name: str, probe: ComponentProbe) -> None:
+        """Let a layer report its state in health; ``probe`` must be cheap (no I/O)."""
+        if not re.fullmatch(r"[a-z_]{1,32}", name):
+            raise ValueError(f"component name {name!r} must be lower_snake_case")
+        self._components[name] = probe
+
+    def health_report(self) -> dict[str, Any]:
+        components: dict[str, Any] = {}
+        for name, probe in self._components.items():
+            try:
+                components[name] = probe()
+            except Exception as exc:  # a broken probe must not break health
+                components[name] = {"state": "error", "message": type(exc).__name__}
+        states = {c.get("state") for c in components.values()}
+        status = "degraded" if "error" in states else (
+            "starting" if "starting" in states else "ok")
+        return {"version": __version__, "status": status, "components": components}
+
+    def _channel_state(self) -> dict[str, Any]:
+        stats = self.sessions.stats()
+        metrics.WS_SESSIONS.set(stats["sessions"])
+        return {"state": "ok", **stats}
+
+    def _kernels_state(self) -> dict[str, Any]:
+        manager = self.serverapp.kernel_manager
+        try:
+            running = len(manager.list_kernel_ids())
+        except Exception as exc:  # e.g. a remote gateway that is down
+            return {"state": "error", "message": type(exc).__name__}
+        return {"state": "ok", "running": running}
+
+    def emit_refused(self, *, reason: str, route: str, user: str, **extra: Any) -> None:
+        data = {"reason": reason, "route": route, "user": user}
+        data.update({k: v for k, v in extra.items() if v is not None})
+        self.serverapp.event_logger.emit(schema_id=events.REQUEST_REFUSED, data=data)
+
+    def record_ws_request(self, kind: str, status: str) -> None:
+        registered = self.ws_kinds.get(kind) is not None
+        metrics.WS_REQUESTS.labels(kind if registered else "(unknown)", status).inc()
+
+    def _emit_lifecycle(self, action: str) -> None:
+        states = {k: str(v.get("state")) for k, v in self.health_report()["components"].items()}
+        self.serverapp.event_logger.emit(
+            schema_id=events.LIFECYCLE,
+            data={"action": action, "version": __version__, "components": states},
+        )
+
+    async def _housekeeping(self) -> None:
+        """Expire idle sessions and keep the db state current (health never probes)."""
+        while True:
+            await asyncio.sleep(30)
+            self.sessions.expire()
+            if self.store is not None:
+                self._db_state = await asyncio.to_thread(self.store.health)
+
+    # -- built-in WS request kinds ----------------------------------------------------------
+
+    async def _ws_resume(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
+        replayed, gap = ctx.session.replay(int(payload["last_seq"]))
+        return {"replayed": replayed, "gap": gap, "last_seq": ctx.session.last_seq}
+
+    async def _ws_health(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
+        return self.health_report()
+
+
+class _Allowed:
+    """What the channel sees when no limit applies."""
+
+    allowed = True
+    retry_after_s = 0.0
+
+
+_ALLOWED = _Allowed()
+
+main = launch_new_instance = CloudIDEApp.launch_instance

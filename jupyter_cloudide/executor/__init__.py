@@ -1,0 +1,1 @@
+"""Executor layer: Jupyter kernels run the code (see the executor issue)."""

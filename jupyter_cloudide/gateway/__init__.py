@@ -1,0 +1,1 @@
+"""Gateway layer: everything that speaks HTTP or WebSocket (tornado lives only here)."""

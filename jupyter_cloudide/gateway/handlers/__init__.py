@@ -1,0 +1,1 @@
+"""REST handlers, one module per service; each ends with a ``default_handlers`` table."""

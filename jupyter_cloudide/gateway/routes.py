@@ -1,0 +1,15 @@
+"""The routes table: every handler module's ``default_handlers``, in one list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import websocket
+from .handlers import conversations, health
+
+ROUTE_MODULES = (health, conversations, websocket)
+
+
+def all_handlers() -> list[tuple[str, Any]]:
+    """(pattern, handler) pairs, relative to base_url (ExtensionApp prefixes it)."""
+    return [route for module in ROUTE_MODULES for route in module.default_handlers]

@@ -1,0 +1,148 @@
+"""api.yaml, loaded once: request-body and WS-payload validation against the published spec.
+
+The same file documents the API, drives schemathesis, and validates input here, so the
+spec and the server cannot drift apart. No tornado in this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from importlib import resources
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from ..errors import InvalidInputError
+
+SPEC_URI = "urn:jupyter-cloudide:api"
+_MAX_MESSAGE = 240
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+@functools.cache
+def load_spec() -> dict[str, Any]:
+    """The parsed api.yaml shipped in the package."""
+    text = resources.files("jupyter_cloudide").joinpath("api.yaml").read_text("utf-8")
+    spec: dict[str, Any] = yaml.safe_load(text)
+    return spec
+
+
+@functools.cache
+def _registry() -> Registry:  # type: ignore[type-arg]
+    resource = Resource.from_contents(load_spec(), default_specification=DRAFT202012)
+    return Registry().with_resource(SPEC_URI, resource)  # type: ignore[call-arg]
+
+
+@functools.cache
+def _validator(pointer: str) -> Draft202012Validator:
+    return Draft202012Validator({"$ref": f"{SPEC_URI}#{pointer}"}, registry=_registry())
+
+
+@functools.cache
+def operations() -> dict[str, dict[str, Any]]:
+    """operationId → {path, method, auth_resource, body_pointer, body_limit}."""
+    out: dict[str, dict[str, Any]] = {}
+    for path, item in load_spec()["paths"].items():
+        for method in _METHODS:
+            op = item.get(method)
+            if op is None:
+                continue
+            body = op.get("requestBody", {}).get("content", {}).get("application/json")
+            pointer = None
+            if body is not None:
+                ref = body["schema"]["$ref"]
+                pointer = ref.removeprefix("#")
+            out[op["operationId"]] = {
+                "path": path,
+                "method": method.upper(),
+                "auth_resource": op.get("x-auth-resource"),
+                "body_pointer": pointer,
+                "body_limit": op.get("x-body-limit"),
+                "websocket": bool(op.get("x-websocket")),
+            }
+    return out
+
+
+def _field_of(error: ValidationError) -> str:
+    """A dotted path naming the offending field, down to the unknown or missing key."""
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in error.instance if k not in allowed)
+        if extra:
+            parts.append(extra[0])
+    elif error.validator == "required" and isinstance(error.instance, dict):
+        missing = [k for k in error.validator_value if k not in error.instance]
+        if missing:
+            parts.append(missing[0])
+    return ".".join(parts) or "(body)"
+
+
+def _describe(error: ValidationError, field: str) -> str:
+    if error.validator == "additionalProperties":
+        return f"{field}: unknown field"
+    if error.validator == "required":
+        return f"{field}: required field is missing"
+    message = error.message
+    if len(message) > _MAX_MESSAGE:
+        # jsonschema quotes the instance; a 1 MB string must not come back in the error.
+        message = message[:_MAX_MESSAGE] + "…"
+    return f"{field}: {message}"
+
+
+def validate_schema(instance: Any, pointer: str) -> None:
+    """Validate ``instance`` against the schema at JSON pointer ``pointer`` inside api.yaml.
+
+    Raises InvalidInputError (400) whose ``field`` names the offending field.
+    """
+    error = best_match(_validator(pointer).iter_errors(instance))
+    if error is not None:
+        field = _field_of(error)
+        raise InvalidInputError(_describe(error, field), field=field)
+
+
+def schema_pointer(name: str) -> str:
+    """The pointer of a named component schema, e.g. ``WsResume``."""
+    if name not in load_spec()["components"]["schemas"]:
+        raise KeyError(f"api.yaml has no components.schemas.{name}")
+    return f"/components/schemas/{name}"
+
+
+def _reject_constant(value: str) -> Any:
+    raise InvalidInputError(f"body: {value} is not valid JSON", field="(body)")
+
+
+_BOM = re.compile(rb"^\xef\xbb\xbf")
+
+
+def decode_json_object(raw: bytes) -> dict[str, Any]:
+    """Strictly decode a request body: UTF-8, JSON, no NaN/Infinity, an object at the top."""
+    if _BOM.match(raw):
+        raw = raw[3:]
+    try:
+        text = raw.decode("utf-8", errors="strict")
+    except UnicodeDecodeError as e:
+        raise InvalidInputError(
+            f"body: not valid UTF-8 (byte {e.start})", field="(body)"
+        ) from None
+    if not text.strip():
+        raise InvalidInputError("body: a JSON object is required", field="(body)")
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise InvalidInputError(
+            f"body: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", field="(body)"
+        ) from None
+    except RecursionError:
+        raise InvalidInputError("body: JSON nested too deeply", field="(body)") from None
+    if not isinstance(value, dict):
+        raise InvalidInputError(
+            f"body: expected a JSON object, got {type(value).__name__}", field="(body)"
+        )
+    return value

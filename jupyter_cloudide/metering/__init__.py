@@ -1,0 +1,1 @@
+"""Metering layer: Prometheus metrics, jupyter_events events, and (later) ledger and budgets."""

@@ -1,0 +1,51 @@
+"""Prometheus metrics of jupyter_cloudide, registered on the default registry.
+
+jupyter_server's ``/metrics`` route serves prometheus_client's default registry, so
+defining them here at import is all it takes for them to appear there. Label values are
+always bounded sets (route names, statuses, kinds), never user input, to keep the number
+of series bounded on a server of a thousand users.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter(
+    "cloudide_http_requests",
+    "HTTP requests served by jupyter_cloudide routes.",
+    ["route", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "cloudide_http_request_duration_seconds",
+    "Latency of jupyter_cloudide HTTP routes, from prepare to finish.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WS_CONNECTIONS = Gauge(
+    "cloudide_ws_connections",
+    "Open session-channel WebSocket connections.",
+)
+WS_SESSIONS = Gauge(
+    "cloudide_ws_sessions",
+    "Live session-channel sessions (attached or waiting for a reconnect).",
+)
+WS_FRAMES = Counter(
+    "cloudide_ws_frames",
+    "Session-channel frames, by direction.",
+    ["direction"],
+)
+WS_REQUESTS = Counter(
+    "cloudide_ws_requests",
+    "Session-channel requests, by kind and outcome.",
+    ["kind", "status"],
+)
+WS_DISCONNECTS = Counter(
+    "cloudide_ws_disconnects",
+    "Session-channel connections closed, by reason.",
+    ["reason"],
+)
+RATE_LIMITED = Counter(
+    "cloudide_rate_limited_requests",
+    "Requests refused by a rate limit, by route class and transport (http, ws).",
+    ["route_class", "transport"],
+)
