@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Float, Int, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
 
 from ._version import __version__
 from .errors import ServiceUnavailableError
@@ -80,6 +80,16 @@ class CloudIDEApp(ExtensionApp):
     db_ready_timeout = Float(
         10.0, config=True,
         help="Seconds a request waits for the metadata database to open before a 503.",
+    )
+
+    user_identity = Enum(
+        ["auto", "username", "server_owner"], "auto", config=True,
+        help="""Whom per-user state (conversations, limits, usage) belongs to. `username`: the
+        identity provider's user name (JupyterHub, custom providers). `server_owner`: everyone
+        who holds the server's token or password is the server's owner (jupyter_server's
+        default provider names token users randomly per browser, which would split one person
+        into many). `auto`: server_owner with jupyter_server's own token/password provider,
+        username otherwise.""",
     )
 
     # -- request limits ---------------------------------------------------------------------
@@ -166,7 +176,7 @@ class CloudIDEApp(ExtensionApp):
         help="Frames kept per session for replay after a reconnect (`resume`).",
     )
     ws_replay_bytes = Int(
-        2 * 1024 * 1024, config=True,
+        1024 * 1024, config=True,
         help="Bytes kept per session for replay after a reconnect.",
     )
     ws_session_ttl = Float(
@@ -174,7 +184,10 @@ class CloudIDEApp(ExtensionApp):
         help="Seconds a session without a connection is kept for a reconnect.",
     )
     ws_max_sessions_per_user = Int(
-        20, config=True, help="Live sessions per user; the oldest idle one is dropped above it.",
+        2000, config=True,
+        help="""Live sessions per user; above it the oldest detached one is dropped (then the
+        oldest attached). On a single-user or hub server every connection is the same user,
+        so this is in effect the server's connection cap.""",
     )
     ws_max_inflight_requests = Int(
         32, config=True, help="Requests one session may have running at once.",
@@ -249,6 +262,32 @@ class CloudIDEApp(ExtensionApp):
             await asyncio.to_thread(store.close)
         self._emit_lifecycle("stopped")
 
+    # -- identity ---------------------------------------------------------------------------
+
+    def user_key(self, user: Any) -> str:
+        """The stable name per-user state is keyed by (see ``user_identity``)."""
+        if self._owner_mode:
+            return self._owner_name
+        return str(user.username)
+
+    @property
+    def _owner_mode(self) -> bool:
+        if self.user_identity != "auto":
+            return self.user_identity == "server_owner"
+        from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
+
+        provider = type(self.serverapp.identity_provider)
+        return provider in (IdentityProvider, PasswordIdentityProvider)
+
+    @property
+    def _owner_name(self) -> str:
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):  # no passwd entry in some containers
+            return f"uid-{os.getuid()}"
+
     # -- storage ----------------------------------------------------------------------------
 
     async def _open_store(self) -> None:
@@ -278,9 +317,13 @@ class CloudIDEApp(ExtensionApp):
         if self.db_url.startswith("sqlite:///") and not self.db_url.startswith("sqlite:///:"):
             Path(self.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         store = MetadataStore(self.db_url)
-        store.open()
-        # Approvals left pending by a previous run can never be answered now.
-        store.expire_pending_approvals()
+        try:
+            store.open()
+            # Approvals left pending by a previous run can never be answered now.
+            store.expire_pending_approvals()
+        except BaseException:
+            store.close()
+            raise
         return store
 
     async def metadata_store(self) -> MetadataStore:

@@ -25,11 +25,22 @@ def cloudide_config() -> dict[str, Any]:
 
 
 @pytest.fixture
-def jp_server_config(tmp_path: Path, cloudide_config: dict[str, Any]) -> dict[str, Any]:
+def server_config() -> dict[str, Any]:
+    """Per-test overrides of ServerApp traitlets (e.g. identity_provider_class)."""
+    return {}
+
+
+@pytest.fixture
+def jp_server_config(
+    tmp_path: Path, cloudide_config: dict[str, Any], server_config: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "ServerApp": {
-            "jpserver_extensions": {"jupyter_cloudide": True},
+            # terminals fails to load under allow_unauthenticated_access=False; not ours
+            "jpserver_extensions": {"jupyter_cloudide": True, "jupyter_server_terminals": False},
+            # Every handler must authenticate; jupyter_server enforces it for all routes.
             "allow_unauthenticated_access": False,
+            **server_config,
         },
         "CloudIDEApp": {"data_dir": str(tmp_path / "cloudide-data"), **cloudide_config},
     }

@@ -53,8 +53,8 @@ class CloudIDEHandler(ExtensionHandlerMixin, APIHandler):
 
     @property
     def username(self) -> str:
-        """The authenticated user's name (prepare has already refused anonymous requests)."""
-        return str(self.current_user.username)
+        """The caller's stable user key (prepare has already refused anonymous requests)."""
+        return self.cloudide.user_key(self.current_user)
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -126,7 +126,7 @@ class CloudIDEHandler(ExtensionHandlerMixin, APIHandler):
             )
 
     def _refused(self, reason: str, **extra: Any) -> None:
-        user = self.current_user.username if self.current_user else "(anonymous)"
+        user = self.cloudide.user_key(self.current_user) if self.current_user else "(anonymous)"
         self.cloudide.emit_refused(reason=reason, route=self.route_name, user=user, **extra)
 
     # -- one error path ---------------------------------------------------------------------

@@ -76,7 +76,7 @@ class SessionChannelHandler(
         """Authorize the upgrade and check the query before any socket exists."""
         if not await self._authorize(AUTH_RESOURCE, "execute"):
             self.cloudide.emit_refused(reason="forbidden", route="ws",
-                                       user=self.current_user.username)
+                                       user=self.cloudide.user_key(self.current_user))
             raise web.HTTPError(403, f"not authorized to use {AUTH_RESOURCE}")
         session_id = self.get_query_argument("session_id", None)
         if session_id is not None and not _SESSION_ID.match(session_id):
@@ -96,7 +96,7 @@ class SessionChannelHandler(
     def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         super().open(*args, **kwargs)  # starts protocol-level pings (WebSocketMixin)
         app = self.cloudide
-        user = str(self.current_user.username)
+        user = app.user_key(self.current_user)
         session, resumed = app.sessions.open(user, self._session_id)
         self.session = session
         self.channel = Channel(

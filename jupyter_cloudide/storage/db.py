@@ -311,7 +311,8 @@ def normalize_url(url: str | URL) -> URL:
 
 def _alembic_config() -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # ConfigParser interpolates "%": escape it in case the install path contains one.
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
     return cfg
 
 
