@@ -234,7 +234,7 @@ class CloudIDEApp(ExtensionApp):
         self.register_component("session_channel", self._channel_state)
         self.register_component("kernels", self._kernels_state)
         self.settings["ws_ping_interval"] = int(self.ws_heartbeat_seconds * 1000)
-        events.register_schemas(self.serverapp.event_logger)
+        events.register_schemas(self.event_logger)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes.all_handlers())
@@ -262,6 +262,20 @@ class CloudIDEApp(ExtensionApp):
             await asyncio.to_thread(store.close)
         self._emit_lifecycle("stopped")
 
+    # -- the server we run in ----------------------------------------------------------------
+
+    @property
+    def server(self) -> Any:
+        """The ServerApp (set once the extension is linked, before any hook of ours runs)."""
+        assert self.serverapp is not None, "CloudIDEApp used before it was linked to a server"
+        return self.serverapp
+
+    @property
+    def event_logger(self) -> Any:
+        logger = self.server.event_logger
+        assert logger is not None
+        return logger
+
     # -- identity ---------------------------------------------------------------------------
 
     def user_key(self, user: Any) -> str:
@@ -276,7 +290,7 @@ class CloudIDEApp(ExtensionApp):
             return self.user_identity == "server_owner"
         from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
 
-        provider = type(self.serverapp.identity_provider)
+        provider = type(self.server.identity_provider)
         return provider in (IdentityProvider, PasswordIdentityProvider)
 
     @property
@@ -432,7 +446,7 @@ class CloudIDEApp(ExtensionApp):
         return {"state": "ok", **stats}
 
     def _kernels_state(self) -> dict[str, Any]:
-        manager = self.serverapp.kernel_manager
+        manager = self.server.kernel_manager
         try:
             running = len(manager.list_kernel_ids())
         except Exception as exc:  # e.g. a remote gateway that is down
@@ -442,7 +456,7 @@ class CloudIDEApp(ExtensionApp):
     def emit_refused(self, *, reason: str, route: str, user: str, **extra: Any) -> None:
         data = {"reason": reason, "route": route, "user": user}
         data.update({k: v for k, v in extra.items() if v is not None})
-        self.serverapp.event_logger.emit(schema_id=events.REQUEST_REFUSED, data=data)
+        self.event_logger.emit(schema_id=events.REQUEST_REFUSED, data=data)
 
     def record_ws_request(self, kind: str, status: str) -> None:
         registered = self.ws_kinds.get(kind) is not None
@@ -450,7 +464,7 @@ class CloudIDEApp(ExtensionApp):
 
     def _emit_lifecycle(self, action: str) -> None:
         states = {k: str(v.get("state")) for k, v in self.health_report()["components"].items()}
-        self.serverapp.event_logger.emit(
+        self.event_logger.emit(
             schema_id=events.LIFECYCLE,
             data={"action": action, "version": __version__, "components": states},
         )

@@ -8,6 +8,7 @@ runs on the store's worker threads, never on the event loop.
 from __future__ import annotations
 
 import dataclasses
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ MAX_LIMIT = 200
 
 def parse_limit(raw: str) -> int:
     """The ``limit`` query parameter: an integer in 1..200."""
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise InvalidInputError(f"limit: must be an integer from 1 to {MAX_LIMIT}", field="limit")
     return int(raw)
 

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from http.client import responses
@@ -154,10 +155,8 @@ class CloudIDEHandler(ExtensionHandlerMixin, APIHandler):
         elif isinstance(exc, web.HTTPError):
             message = exc.log_message or responses.get(status_code, "error")
             if exc.args:
-                try:
+                with contextlib.suppress(TypeError, ValueError):
                     message = message % exc.args
-                except (TypeError, ValueError):
-                    pass
             body = {"status": status_code, "code": _code_for(status_code), "message": message}
         else:
             body = {"status": status_code, "code": _code_for(status_code),

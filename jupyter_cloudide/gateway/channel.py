@@ -143,6 +143,8 @@ class Session:
     #: a re-attached connection gets no live frames until it has replayed (keeps order)
     paused: bool = False
     detached_at: float | None = None
+    #: the manager's clock, so TTL expiry and detach times agree
+    clock: Callable[[], float] = time.monotonic
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _buffer: deque[tuple[int, str]] = field(default_factory=deque)
     _buffer_bytes: int = 0
@@ -220,7 +222,7 @@ class Session:
         if self.sink is sink:
             self.sink = None
             self.paused = False
-            self.detached_at = time.monotonic()
+            self.detached_at = self.clock()
 
     def cancel_tasks(self) -> None:
         for task in list(self.tasks):
@@ -262,6 +264,7 @@ class SessionManager:
             user=user,
             replay_frames=self.replay_frames,
             replay_bytes=self.replay_bytes,
+            clock=self._clock,
         )
         self._sessions[session.id] = session
         return session, False
@@ -334,7 +337,7 @@ class Channel:
         """Entry point for every inbound frame (called from the socket's on_message)."""
         try:
             frame = json.loads(text)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):  # ValueError: also ints over 4300 digits
             self._send_error(None, InvalidInputError("frame: not valid JSON", field="frame"))
             return
         if not isinstance(frame, dict):

@@ -34,9 +34,11 @@ def load_spec() -> dict[str, Any]:
 
 
 @functools.cache
-def _registry() -> Registry:  # type: ignore[type-arg]
-    resource = Resource.from_contents(load_spec(), default_specification=DRAFT202012)
-    return Registry().with_resource(SPEC_URI, resource)  # type: ignore[call-arg]
+def _registry() -> Registry[Any]:
+    resource: Resource[Any] = Resource.from_contents(load_spec(),
+                                                     default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource(SPEC_URI, resource)
+    return registry
 
 
 @functools.cache
@@ -139,6 +141,9 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidInputError(
             f"body: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}", field="(body)"
         ) from None
+    except ValueError:  # an integer literal over Python's 4300-digit limit
+        raise InvalidInputError("body: a number in the JSON is too large",
+                                field="(body)") from None
     except RecursionError:
         raise InvalidInputError("body: JSON nested too deeply", field="(body)") from None
     if not isinstance(value, dict):

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 AUTH_RESOURCE = "cloudide:session"
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_LAST_SEQ = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() accepts "²"
 
 
 class SessionChannelHandler(
@@ -83,7 +84,7 @@ class SessionChannelHandler(
             raise web.HTTPError(400, "session_id: malformed")
         last_seq = self.get_query_argument("last_seq", None)
         if last_seq is not None:
-            if not last_seq.isdigit() or len(last_seq) > 18:
+            if not _LAST_SEQ.match(last_seq):
                 raise web.HTTPError(400, "last_seq: must be a non-negative integer")
             self._resume_from = int(last_seq)
         self._session_id = session_id
@@ -93,7 +94,7 @@ class SessionChannelHandler(
         await self.pre_get()
         await super().get(*args, **kwargs)
 
-    def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def open(self, *args: Any, **kwargs: Any) -> None:
         super().open(*args, **kwargs)  # starts protocol-level pings (WebSocketMixin)
         app = self.cloudide
         user = app.user_key(self.current_user)

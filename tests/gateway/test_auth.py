@@ -1,5 +1,5 @@
 """Every route authenticates and authorizes: a static check of the routes table and a table
-test of every api.yaml operation × {anonymous, authorized, denied}, on a real server."""
+test of every api.yaml operation x {anonymous, authorized, denied}, on a real server."""
 
 from __future__ import annotations
 

@@ -77,6 +77,7 @@ async def test_security_headers_on_success_and_error(cloudide: Any, jp_fetch: An
         (b'{"title": "x", "surprise": 1}', "surprise", "unknown field"),
         (json.dumps({"title": "x" * 201}).encode(), "title", "too long"),
         (b"[" * 10_000, "(body)", "JSON"),
+        (b'{"title": ' + b"9" * 5000 + b"}", "(body)", "too large"),
     ],
 )
 async def test_bad_bodies_are_400_naming_the_field(
@@ -94,7 +95,7 @@ async def test_bad_bodies_are_400_naming_the_field(
     assert listing["conversations"] == []
 
 
-@pytest.mark.parametrize("limit", ["0", "-1", "201", "abc", "1e3", str(10**9)])
+@pytest.mark.parametrize("limit", ["0", "-1", "201", "abc", "1e3", str(10**9), "²", "٣"])
 async def test_bad_query_numbers_are_400(cloudide: Any, jp_fetch: Any, limit: str) -> None:
     response = await fetch(jp_fetch, "cloudide/api/conversations", params={"limit": limit})
     assert response.code == 400

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.parse
+from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -73,6 +74,21 @@ def jp_server_config(jp_server_config: dict[str, Any],
     return config
 
 
+@pytest.fixture
+def jp_ws_fetch(jp_ws_fetch: Any) -> Iterator[Any]:
+    """pytest-jupyter's jp_ws_fetch, closing every client connection at teardown."""
+    opened: list[WebSocketClientConnection] = []
+
+    async def fetch(*parts: str, **kwargs: Any) -> WebSocketClientConnection:
+        conn: WebSocketClientConnection = await jp_ws_fetch(*parts, **kwargs)
+        opened.append(conn)
+        return conn
+
+    yield fetch
+    for conn in opened:
+        conn.close()
+
+
 # ------------------------------------------------------------------------------------------
 # helpers
 
@@ -97,7 +113,9 @@ async def wait_closed(conn: WebSocketClientConnection) -> int | None:
     while True:
         message = await asyncio.wait_for(conn.read_message(), TIMEOUT)
         if message is None:
-            return conn.close_code
+            code = conn.close_code
+            conn.close()  # release the client side too (ResourceWarning otherwise)
+            return code
 
 
 async def send(conn: WebSocketClientConnection, frame: JsonDict | str) -> None:
@@ -126,12 +144,16 @@ async def open_ws(jp_ws_fetch: Any, **params: Any) -> tuple[WebSocketClientConne
 
 def ws_url(port: int, base_url: str, params: dict[str, str] | None = None) -> str:
     query = urllib.parse.urlencode(params or {})
-    return f"ws://localhost:{port}{base_url.rstrip('/')}/cloudide/api/ws?{query}"
+    # 127.0.0.1 like jp_fetch: the login cookie's name is bound to the Host
+    return f"ws://127.0.0.1:{port}{base_url.rstrip('/')}/cloudide/api/ws?{query}"
 
 
 async def raw_connect(port: int, base_url: str, headers: dict[str, str],
                       params: dict[str, str] | None = None) -> WebSocketClientConnection:
-    """Connect without pytest-jupyter's default Authorization header."""
+    """Connect without pytest-jupyter's default Authorization header.
+
+    The test must request ``http_server_client`` (pytest-jupyter starts listening there).
+    """
     request = tornado.httpclient.HTTPRequest(ws_url(port, base_url, params), headers=headers)
     conn: WebSocketClientConnection = await asyncio.wait_for(
         tornado.websocket.websocket_connect(request), TIMEOUT)
@@ -403,12 +425,12 @@ async def test_frames_emitted_while_disconnected_are_replayed(
 ) -> None:
     """A request keeps running across a reload; everything it emitted is replayed.
 
-    More frames than ``ws_send_queue_frames`` (default 512) but fewer than
-    ``ws_replay_frames`` (default 1000) were missed: the replay must not trip the slow-reader
-    bound, or the client could never catch up (every reconnect would end in 4008).
+    With the default settings, as many frames as the replay buffer holds (1000, more than
+    the 512-frame send queue) were missed: the replay must not trip the slow-reader bound,
+    or the client could never catch up (every reconnect would end in 4008 again).
     """
     gate = asyncio.Event()
-    count = cloudide.ws_send_queue_frames + 88
+    count = cloudide.ws_replay_frames - 1  # the final response fills the buffer exactly
 
     async def long_turn(ctx: RequestContext, payload: JsonDict) -> JsonDict:
         await gate.wait()
@@ -479,7 +501,8 @@ async def test_second_connection_takes_over_session(cloudide: Any, jp_ws_fetch: 
     second.close()
 
 
-@pytest.mark.parametrize("cloudide_config", [{"ws_send_queue_frames": 4}], ids=["queue4"])
+@pytest.mark.parametrize("cloudide_config", [{"ws_send_queue_frames": 4, "ws_replay_frames": 2}],
+                         ids=["queue4"])
 async def test_slow_reader_is_disconnected_and_can_resume(
     cloudide: Any, jp_ws_fetch: Any, cloudide_config: dict[str, Any]
 ) -> None:
@@ -544,7 +567,8 @@ async def test_close_all_closes_connections_with_4010(cloudide: Any, jp_ws_fetch
 # authentication and origin
 
 
-async def test_no_token_is_refused(cloudide: Any, jp_http_port: int, jp_base_url: str) -> None:
+async def test_no_token_is_refused(cloudide: Any, http_server_client: Any, jp_http_port: int,
+                                   jp_base_url: str) -> None:
     with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
         await raw_connect(jp_http_port, jp_base_url, {})
     assert refused.value.code in (401, 403)
@@ -554,7 +578,8 @@ async def test_no_token_is_refused(cloudide: Any, jp_http_port: int, jp_base_url
 @pytest.mark.parametrize("headers", [{"Authorization": "token wrong-token"},
                                      {"Authorization": "Bearer nothing"}],
                          ids=["wrong-token", "bearer-junk"])
-async def test_wrong_token_is_refused(cloudide: Any, jp_http_port: int, jp_base_url: str,
+async def test_wrong_token_is_refused(cloudide: Any, http_server_client: Any,
+                                      jp_http_port: int, jp_base_url: str,
                                       headers: dict[str, str]) -> None:
     with pytest.raises(tornado.httpclient.HTTPClientError) as refused:
         await raw_connect(jp_http_port, jp_base_url, headers)
@@ -581,7 +606,7 @@ async def test_cookie_auth_from_foreign_origin_is_403(
     cookie = await _login_cookie(jp_fetch)
     # control: the same cookie from the server's own origin is accepted
     own = await raw_connect(jp_http_port, jp_base_url,
-                            {"Cookie": cookie, "Origin": f"http://localhost:{jp_http_port}"})
+                            {"Cookie": cookie, "Origin": f"http://127.0.0.1:{jp_http_port}"})
     assert (await recv(own))["type"] == "welcome"
     own.close()
     with pytest.raises(tornado.httpclient.HTTPClientError) as refused:

@@ -1,0 +1,562 @@
+"""Start-up benchmark: what jupyter_cloudide adds to ``jupyter server`` start-up.
+
+Target: the extension adds <= 300 ms to the time until the server answers (for scale,
+jupyter-ai 3.2 adds about 1.2 s).
+
+What it measures (loopback only, against real ``jupyter server`` processes it starts):
+
+1. ``ready_ms``: from spawning ``jupyter server`` until an authenticated ``GET /api/status``
+   first answers 200 (polled every ~10 ms), with ``jupyter_cloudide`` enabled and, as the
+   baseline, disabled (``--ServerApp.jpserver_extensions={'jupyter_cloudide': False}``).
+   Runs alternate with/without (and which goes first alternates too) for ``--rounds`` rounds;
+   the first ``--warmup`` rounds are discarded (disk cache). Every run gets fresh, empty
+   ``JUPYTER_CONFIG_DIR`` / ``JUPYTER_DATA_DIR`` / ``JUPYTER_RUNTIME_DIR`` /
+   ``JUPYTER_CLOUDIDE_DATA_DIR`` and root dirs, so the only difference is the extension
+   (extensions enabled by the virtualenv's own config, e.g. jupyterlab, are on in both runs
+   and are reported).
+2. ``cloudide_ready_ms`` (extension runs only): from spawn until ``GET cloudide/api/health``
+   reports ``components.db.state == "ok"``; the metadata store opens in the background after
+   start, so this is when the extension is fully usable, separately from server readiness.
+3. ``added_import_ms``: ``python -X importtime -c "import jupyter_server.serverapp;
+   import jupyter_cloudide.app"``, summing the cumulative time of the top-level imports that
+   follow ``jupyter_server.serverapp`` (i.e. what importing the extension costs beyond what
+   the server imports anyway), median over ``--import-runs``. The wall-clock difference
+   between the two interpreters (``added_import_wall_ms``) and the most expensive modules by
+   self time (``import_top_self_ms``) are reported too.
+4. ``heavy_modules_at_import``: heavy packages (SQLAlchemy, alembic, LanceDB, SDKs, torch,
+   redis, pyarrow) present in ``sys.modules`` right after ``import jupyter_cloudide.app``.
+   There should be none (leak check).
+
+Run it from the repository root, with the project's virtualenv active::
+
+    python bench/startup.py             # prints ONE JSON line on stdout; logs go to stderr
+    python bench/startup.py --rounds 3 --import-runs 3   # quicker smoke test
+
+The run is bounded (``--budget`` seconds for the server rounds, hard timeouts everywhere) and
+every process it starts runs in its own process group, which is killed on exit, on error too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import logging
+import math
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger("bench.startup")
+
+TARGET_ADDED_READY_MS = 300.0
+SERVER_START_TIMEOUT_S = 60.0
+CLOUDIDE_READY_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.010
+HEAVY_MODULES = ("sqlalchemy", "alembic", "lancedb", "openai", "anthropic", "torch", "redis",
+                 "pyarrow")
+EXT_ON = "--ServerApp.jpserver_extensions={'jupyter_cloudide': True}"
+EXT_OFF = "--ServerApp.jpserver_extensions={'jupyter_cloudide': False}"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LOADED = re.compile(r"\] (\S+) \| extension was successfully loaded")
+
+HEAVY_CHECK_SOURCE = """
+import json, sys
+import jupyter_cloudide.app
+heavy = set(sys.argv[1:])
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+"""
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (bind to port 0 and read it back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pct(samples: list[float], p: float) -> float:
+    """Nearest-rank percentile ``p`` (0..100) of ``samples``."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def r1(x: float | None) -> float | None:
+    """Round to 0.1 (ms); NaN and None become None so the output stays valid JSON."""
+    if x is None or math.isnan(x):
+        return None
+    return round(x, 1)
+
+
+def summary(samples: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(samples),
+        "median_ms": r1(statistics.median(samples)) if samples else None,
+        "p90_ms": r1(pct(samples, 90)),
+        "min_ms": r1(min(samples)) if samples else None,
+        "max_ms": r1(max(samples)) if samples else None,
+    }
+
+
+def version_of(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def cloudide_version() -> str:
+    sys.path.insert(0, str(REPO))
+    try:
+        from jupyter_cloudide._version import __version__
+
+        return str(__version__)
+    except ImportError:
+        return version_of("jupyter_cloudide")
+    finally:
+        sys.path.remove(str(REPO))
+
+
+def child_env(tmp: Path | None = None) -> dict[str, str]:
+    """Our environment, with the repo importable and (given ``tmp``) fresh Jupyter dirs."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.pop("JUPYTER_CLOUDIDE_DB_URL", None)
+    env.pop("JUPYTER_TOKEN", None)
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    if tmp is not None:
+        for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "jdata"),
+                         ("JUPYTER_RUNTIME_DIR", "runtime"),
+                         ("JUPYTER_CLOUDIDE_DATA_DIR", "cloudide"), ("IPYTHONDIR", "ipython")):
+            (tmp / sub).mkdir(exist_ok=True)
+            env[var] = str(tmp / sub)
+    return env
+
+
+# ------------------------------------------------------------------------------------------
+# processes
+
+
+@dataclass
+class Proc:
+    """A child process in its own process group, with its output in a log file."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text("utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """SIGTERM the group, then SIGKILL it if it has not gone within a few seconds."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=8)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop on SIGTERM; killing its group", self.name)
+        # Kill whatever is left in the group (kernels, terminals), even if the leader is gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=5)
+
+
+@dataclass
+class Fleet:
+    """Every process and temp dir this run created; ``stop_all`` is safe to call again."""
+
+    procs: list[Proc] = field(default_factory=list)
+    tmpdirs: list[Path] = field(default_factory=list)
+
+    def mkdtemp(self, prefix: str) -> Path:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix))
+        self.tmpdirs.append(tmp)
+        return tmp
+
+    def spawn(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
+        log_path = cwd / f"{name}.log"
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: Proc) -> None:
+        try:
+            proc.stop()
+        finally:
+            if proc in self.procs:
+                self.procs.remove(proc)
+
+    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[str, str]:
+        """Run a short command in its own process group; (stdout, stderr). Raises on failure."""
+        tmp = self.mkdtemp("bench-su-cmd-")
+        out_path, err_path = tmp / "out", tmp / "err"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            popen = subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=err, start_new_session=True)
+            proc = Proc(argv[-1][:40], popen, err_path)
+            self.procs.append(proc)
+            try:
+                rc = popen.wait(timeout=timeout)
+            finally:
+                self.stop(proc)
+        stdout = out_path.read_text("utf-8", errors="replace")
+        stderr = err_path.read_text("utf-8", errors="replace")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.tmpdirs.remove(tmp)
+        if rc != 0:
+            raise RuntimeError(f"{argv!r} exited with {rc}:\n{stderr[-2000:]}")
+        return stdout, stderr
+
+    def stop_all(self) -> None:
+        for proc in reversed(list(self.procs)):
+            try:
+                self.stop(proc)
+            except Exception as exc:
+                log.warning("could not stop %s (pid %d): %s", proc.name, proc.popen.pid, exc)
+        for d in self.tmpdirs:
+            shutil.rmtree(d, ignore_errors=True)
+        self.tmpdirs.clear()
+
+
+def http_get(port: int, token: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Authorization": f"token {token}"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+# ------------------------------------------------------------------------------------------
+# 1. and 2. server start-up
+
+
+@dataclass
+class StartResult:
+    ready_ms: float
+    cloudide_ready_ms: float | None = None
+    cloudide_health_first_ms: float | None = None
+    loaded_extensions: list[str] = field(default_factory=list)
+
+
+def poll_until(proc: Proc, t0: float, deadline: float, check: Any) -> float:
+    """Call ``check()`` every ~10 ms until it returns True; ms since ``t0`` at that moment."""
+    last = "no answer"
+    while True:
+        now = time.perf_counter()
+        if now > deadline:
+            raise RuntimeError(f"{proc.name}: timed out ({last}):\n{proc.tail()}")
+        if proc.popen.poll() is not None:
+            raise RuntimeError(
+                f"{proc.name} exited with {proc.popen.returncode} ({last}):\n{proc.tail()}")
+        try:
+            done = check()
+        except (OSError, http.client.HTTPException) as exc:
+            last = repr(exc)
+        else:
+            if done is True:
+                return (time.perf_counter() - t0) * 1000.0
+            last = str(done)
+        time.sleep(max(0.0, POLL_INTERVAL_S - (time.perf_counter() - now)))
+
+
+def start_once(fleet: Fleet, name: str, with_ext: bool) -> StartResult:
+    """Spawn one server, time its readiness, stop it again (always)."""
+    tmp = fleet.mkdtemp(f"bench-su-{name}-")
+    (tmp / "root").mkdir()
+    env = child_env(tmp)
+    token = secrets.token_hex(16)
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "jupyter_server", EXT_ON if with_ext else EXT_OFF,
+        f"--IdentityProvider.token={token}", f"--port={port}", "--ServerApp.port_retries=0",
+        "--ip=127.0.0.1", "--allow-root", "--no-browser", f"--ServerApp.root_dir={tmp / 'root'}",
+    ]
+    t0 = time.perf_counter()
+    proc = fleet.spawn(name, argv, env, tmp)
+    try:
+        def status_ok() -> bool | str:
+            status, _ = http_get(port, token, "/api/status")
+            return True if status == 200 else f"HTTP {status}"
+
+        ready = poll_until(proc, t0, t0 + SERVER_START_TIMEOUT_S, status_ok)
+        result = StartResult(ready_ms=ready)
+        if with_ext:
+            first: list[float] = []
+
+            def db_ok() -> bool | str:
+                status, body = http_get(port, token, "/cloudide/api/health")
+                if status != 200:
+                    return f"health HTTP {status}"
+                if not first:
+                    first.append((time.perf_counter() - t0) * 1000.0)
+                db = json.loads(body).get("components", {}).get("db", {})
+                if db.get("state") == "error":
+                    raise RuntimeError(f"metadata store failed to open: {db}")
+                return True if db.get("state") == "ok" else f"db {db.get('state')!r}"
+
+            deadline = time.perf_counter() + CLOUDIDE_READY_TIMEOUT_S
+            result.cloudide_ready_ms = poll_until(proc, t0, deadline, db_ok)
+            result.cloudide_health_first_ms = first[0] if first else None
+    finally:
+        fleet.stop(proc)
+    text = proc.log_path.read_text("utf-8", errors="replace")
+    result.loaded_extensions = sorted(set(LOADED.findall(ANSI.sub("", text))))
+    shutil.rmtree(tmp, ignore_errors=True)
+    fleet.tmpdirs.remove(tmp)
+    return result
+
+
+def start_with_retry(fleet: Fleet, name: str, with_ext: bool) -> StartResult:
+    """A free port may be taken between probing and binding; retry that case once."""
+    try:
+        return start_once(fleet, name, with_ext)
+    except RuntimeError as exc:
+        if "address already in use" not in str(exc).lower():
+            raise
+        log.warning("%s: port taken, retrying once", name)
+        return start_once(fleet, name, with_ext)
+
+
+def enabled_extensions(fleet: Fleet) -> dict[str, bool]:
+    """``jupyter server extension list`` with fresh config dirs: what the install enables."""
+    tmp = fleet.mkdtemp("bench-su-list-")
+    argv = [sys.executable, "-m", "jupyter_server.extension.serverextension", "list"]
+    try:
+        out, err = fleet.run(argv, child_env(tmp), timeout=60)
+    except RuntimeError as exc:
+        log.warning("could not list server extensions: %s", exc)
+        return {}
+    found: dict[str, bool] = {}
+    for line in ANSI.sub("", out + "\n" + err).splitlines():
+        m = re.match(r"^\s+(\S+)\s+(enabled|disabled)\s*$", line)
+        if m:
+            found[m.group(1)] = m.group(2) == "enabled"
+    return found
+
+
+# ------------------------------------------------------------------------------------------
+# 3. and 4. imports
+
+
+def parse_importtime(stderr: str, after: str) -> tuple[float, dict[str, float]]:
+    """Sum of cumulative times (ms) of top-level imports after ``after``; and self ms/module.
+
+    ``-X importtime`` prints ``import time: self | cumulative | <indent>name`` in completion
+    order, two spaces of indent per nesting level; a module already imported is not listed.
+    """
+    added_us = 0.0
+    selfs: dict[str, float] = {}
+    pending: list[tuple[str, float, float]] = []  # entries of the tree not yet closed
+    seen_after = False
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "[us]" in line:
+            continue
+        head, cum_us, name_field = line.split("|", 2)
+        self_us = head[len("import time:"):]
+        raw = name_field[1:] if name_field.startswith(" ") else name_field
+        depth = (len(raw) - len(raw.lstrip(" "))) // 2
+        name = raw.strip()
+        pending.append((name, float(self_us), float(cum_us)))
+        if depth != 0:
+            continue
+        if seen_after:
+            added_us += float(cum_us)
+            for n, s, _c in pending:
+                selfs[n] = selfs.get(n, 0.0) + s / 1000.0
+        elif name == after:
+            seen_after = True
+        pending.clear()
+    if not seen_after:
+        raise RuntimeError(f"{after} not found in -X importtime output")
+    return added_us / 1000.0, selfs
+
+
+def measure_imports(fleet: Fleet, runs: int) -> dict[str, Any]:
+    env = child_env()
+    base_src = "import jupyter_server.serverapp"
+    ext_src = "import jupyter_server.serverapp; import jupyter_cloudide.app"
+    # one untimed pass of each to warm the disk cache and the bytecode caches
+    fleet.run([sys.executable, "-c", ext_src], env, timeout=60)
+    walls: dict[str, list[float]] = {"base": [], "ext": []}
+    added: list[float] = []
+    selfs: dict[str, list[float]] = {}
+    for i in range(runs):
+        order = (("base", base_src), ("ext", ext_src))
+        for key, src in order if i % 2 == 0 else tuple(reversed(order)):
+            t0 = time.perf_counter()
+            fleet.run([sys.executable, "-c", src], env, timeout=60)
+            walls[key].append((time.perf_counter() - t0) * 1000.0)
+        _, err = fleet.run([sys.executable, "-X", "importtime", "-c", ext_src], env, timeout=60)
+        total, per_module = parse_importtime(err, "jupyter_server.serverapp")
+        added.append(total)
+        for name, s in per_module.items():
+            selfs.setdefault(name, []).append(s)
+    top = sorted(((n, statistics.median(v)) for n, v in selfs.items()), key=lambda kv: -kv[1])
+    out, _ = fleet.run([sys.executable, "-c", HEAVY_CHECK_SOURCE, *HEAVY_MODULES], env,
+                       timeout=60)
+    return {
+        "added_import_ms": r1(statistics.median(added)),
+        "added_import_ms_p90": r1(pct(added, 90)),
+        "import_wall_ms": {"without": summary(walls["base"]), "with": summary(walls["ext"])},
+        "added_import_wall_ms": r1(statistics.median(walls["ext"])
+                                   - statistics.median(walls["base"])),
+        "import_modules_added": len(selfs),
+        "import_top_self_ms": {n: round(v, 2) for n, v in top[:12]},
+        "heavy_modules_at_import": json.loads(out.strip().splitlines()[-1]),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# driver
+
+
+def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
+    extensions = enabled_extensions(fleet)
+    log.info("server extensions enabled by the installation: %s", extensions)
+
+    samples: dict[str, list[float]] = {"with": [], "without": [], "cloudide": [],
+                                       "health_first": []}
+    loaded: dict[str, list[str]] = {}
+    deadline = time.perf_counter() + args.budget
+    rounds_done = 0
+    truncated = False
+    for i in range(args.rounds):
+        if time.perf_counter() > deadline:
+            log.warning("budget of %.0f s used up after %d rounds", args.budget, rounds_done)
+            truncated = True
+            break
+        order = (True, False) if i % 2 == 0 else (False, True)
+        for with_ext in order:
+            side = "with" if with_ext else "without"
+            res = start_with_retry(fleet, f"{side}-{i}", with_ext)
+            loaded.setdefault(side, res.loaded_extensions)
+            log.info("round %d %-7s ready %.0f ms%s%s", i, side, res.ready_ms,
+                     "" if res.cloudide_ready_ms is None
+                     else f", cloudide db ok {res.cloudide_ready_ms:.0f} ms",
+                     " (warm-up, discarded)" if i < args.warmup else "")
+            if i < args.warmup:
+                continue
+            samples[side].append(res.ready_ms)
+            if res.cloudide_ready_ms is not None:
+                samples["cloudide"].append(res.cloudide_ready_ms)
+            if res.cloudide_health_first_ms is not None:
+                samples["health_first"].append(res.cloudide_health_first_ms)
+        rounds_done += 1
+    if not samples["with"] or not samples["without"]:
+        raise RuntimeError("no measured rounds (raise --rounds above --warmup or --budget)")
+
+    imports = measure_imports(fleet, args.import_runs)
+
+    added_ready = statistics.median(samples["with"]) - statistics.median(samples["without"])
+    added_cloudide = statistics.median(samples["cloudide"]) - statistics.median(
+        samples["without"]) if samples["cloudide"] else float("nan")
+    return {
+        "rounds": rounds_done, "warmup_rounds": min(args.warmup, rounds_done),
+        "truncated": truncated,
+        "ready_ms": {"without": summary(samples["without"]), "with": summary(samples["with"])},
+        "cloudide_ready_ms": summary(samples["cloudide"]),
+        "cloudide_health_first_ms": summary(samples["health_first"]),
+        "added_ready_ms_median": r1(added_ready),
+        "added_cloudide_ready_ms_median": r1(added_cloudide),
+        **imports,
+        "extensions_enabled_by_install": sorted(k for k, v in extensions.items() if v),
+        "extensions_loaded": loaded,
+        "targets": {
+            "added_ready_le_300ms": bool(added_ready <= TARGET_ADDED_READY_MS),
+            "no_heavy_modules_at_import": not imports["heavy_modules_at_import"],
+        },
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=7,
+                   help="server start-ups per side, warm-up included (default 7)")
+    p.add_argument("--warmup", type=int, default=1,
+                   help="leading rounds discarded (default 1)")
+    p.add_argument("--import-runs", type=int, default=5,
+                   help="interpreter runs per side for the import figures (default 5)")
+    p.add_argument("--budget", type=float, default=120.0,
+                   help="stop starting new rounds after this many seconds (default 120)")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.warmup < 0 or args.import_runs < 1:
+        p.error("--rounds and --import-runs must be >= 1, --warmup >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    fleet = Fleet()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    t0 = time.perf_counter()
+    try:
+        figures = run(args, fleet)
+    except BaseException:
+        for proc in fleet.procs:
+            log.error("--- %s (pid %d) log tail ---\n%s", proc.name, proc.popen.pid,
+                      proc.tail())
+        raise
+    finally:
+        fleet.stop_all()
+    result: dict[str, Any] = {
+        "bench": "startup",
+        "versions": {
+            "jupyter_cloudide": cloudide_version(),
+            "jupyter_server": version_of("jupyter_server"),
+            "jupyterlab": version_of("jupyterlab"),
+            "tornado": version_of("tornado"),
+            "python": platform.python_version(),
+        },
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        **figures,
+        "runtime_s": round(time.perf_counter() - t0, 1),
+    }
+    print(json.dumps(result, sort_keys=False), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
