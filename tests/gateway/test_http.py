@@ -435,3 +435,23 @@ async def test_stop_closes_services(cloudide: Any) -> None:
     assert cloudide.store is None
     assert store.health()["state"] == "error"
     assert cloudide.sessions.stats() == {"sessions": 0, "connections": 0}
+
+
+@pytest.mark.postgres
+class TestOnPostgres:
+    """The same routes with the metadata DB on a real PostgreSQL server."""
+
+    @pytest.fixture
+    def cloudide_config(self, postgres_url: str) -> dict[str, Any]:
+        return {"db_url": postgres_url}
+
+    async def test_conversations_round_trip(self, cloudide: Any, jp_fetch: Any) -> None:
+        health = body_of(await fetch(jp_fetch, "cloudide/api/health"))
+        assert health["components"]["db"]["state"] == "ok"
+        assert health["components"]["db"]["dialect"] == "postgresql"
+        created = body_of(await fetch(jp_fetch, "cloudide/api/conversations", method="POST",
+                                      body=json.dumps({"title": "on pg"})))
+        got = await fetch(jp_fetch, f"cloudide/api/conversations/{created['id']}")
+        assert body_of(got)["title"] == "on pg"
+        assert (await fetch(jp_fetch, f"cloudide/api/conversations/{created['id']}",
+                            user="bob")).code == 404
