@@ -75,11 +75,21 @@ EXT_OFF = "--ServerApp.jpserver_extensions={'jupyter_cloudide': False}"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOADED = re.compile(r"\] (\S+) \| extension was successfully loaded")
 
+# Imported lazily by CloudIDEApp._start_jupyter_server_extension, i.e. synchronously on the
+# server's event loop before it answers its first request: part of start-up as well.
+START_HOOK_IMPORTS = ("jupyter_cloudide.gateway.ratelimit",)
+
 HEAVY_CHECK_SOURCE = """
-import json, sys
+import importlib, json, sys
+heavy = set(sys.argv[2:])
+def found():
+    return sorted(m for m in sys.modules if m.split(".")[0] in heavy)
 import jupyter_cloudide.app
-heavy = set(sys.argv[1:])
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+out = {"app": found()}
+for name in sys.argv[1].split(","):
+    importlib.import_module(name)
+out["start_hook"] = found()
+print(json.dumps(out))
 """
 
 
@@ -411,11 +421,14 @@ def measure_imports(fleet: Fleet, runs: int) -> dict[str, Any]:
     env = child_env()
     base_src = "import jupyter_server.serverapp"
     ext_src = "import jupyter_server.serverapp; import jupyter_cloudide.app"
+    hook_src = ext_src + "".join(f"; import {m}" for m in START_HOOK_IMPORTS)
     # one untimed pass of each to warm the disk cache and the bytecode caches
     fleet.run([sys.executable, "-c", ext_src], env, timeout=60)
     walls: dict[str, list[float]] = {"base": [], "ext": []}
     added: list[float] = []
+    hook: list[float] = []
     selfs: dict[str, list[float]] = {}
+    hook_selfs: dict[str, list[float]] = {}
     for i in range(runs):
         order = (("base", base_src), ("ext", ext_src))
         for key, src in order if i % 2 == 0 else tuple(reversed(order)):
@@ -427,9 +440,17 @@ def measure_imports(fleet: Fleet, runs: int) -> dict[str, Any]:
         added.append(total)
         for name, s in per_module.items():
             selfs.setdefault(name, []).append(s)
+        _, err = fleet.run([sys.executable, "-X", "importtime", "-c", hook_src], env, timeout=60)
+        total, per_module = parse_importtime(err, "jupyter_cloudide.app")
+        hook.append(total)
+        for name, s in per_module.items():
+            hook_selfs.setdefault(name, []).append(s)
     top = sorted(((n, statistics.median(v)) for n, v in selfs.items()), key=lambda kv: -kv[1])
-    out, _ = fleet.run([sys.executable, "-c", HEAVY_CHECK_SOURCE, *HEAVY_MODULES], env,
-                       timeout=60)
+    hook_top = sorted(((n, statistics.median(v)) for n, v in hook_selfs.items()),
+                      key=lambda kv: -kv[1])
+    out, _ = fleet.run([sys.executable, "-c", HEAVY_CHECK_SOURCE, ",".join(START_HOOK_IMPORTS),
+                        *HEAVY_MODULES], env, timeout=60)
+    heavy = json.loads(out.strip().splitlines()[-1])
     return {
         "added_import_ms": r1(statistics.median(added)),
         "added_import_ms_p90": r1(pct(added, 90)),
@@ -438,7 +459,11 @@ def measure_imports(fleet: Fleet, runs: int) -> dict[str, Any]:
                                    - statistics.median(walls["base"])),
         "import_modules_added": len(selfs),
         "import_top_self_ms": {n: round(v, 2) for n, v in top[:12]},
-        "heavy_modules_at_import": json.loads(out.strip().splitlines()[-1]),
+        "heavy_modules_at_import": heavy["app"],
+        "start_hook_imports": list(START_HOOK_IMPORTS),
+        "start_hook_import_ms": r1(statistics.median(hook)),
+        "start_hook_import_top_self_ms": {n: round(v, 2) for n, v in hook_top[:8]},
+        "heavy_modules_at_start_hook": sorted({m.split(".")[0] for m in heavy["start_hook"]}),
     }
 
 
@@ -510,10 +535,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="server start-ups per side, warm-up included (default 7)")
     p.add_argument("--warmup", type=int, default=1,
                    help="leading rounds discarded (default 1)")
-    p.add_argument("--import-runs", type=int, default=5,
-                   help="interpreter runs per side for the import figures (default 5)")
-    p.add_argument("--budget", type=float, default=120.0,
-                   help="stop starting new rounds after this many seconds (default 120)")
+    p.add_argument("--import-runs", type=int, default=4,
+                   help="interpreter runs per side for the import figures (default 4)")
+    p.add_argument("--budget", type=float, default=110.0,
+                   help="stop starting new rounds after this many seconds (default 110)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.warmup < 0 or args.import_runs < 1:
         p.error("--rounds and --import-runs must be >= 1, --warmup >= 0")

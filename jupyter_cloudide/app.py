@@ -164,12 +164,15 @@ class CloudIDEApp(ExtensionApp):
         help="Largest inbound WebSocket frame; the connection is closed with 1009 above it.",
     )
     ws_send_queue_frames = Int(
-        512, config=True,
-        help="Frames queued for one connection before it counts as a slow reader and is closed.",
+        2048, config=True,
+        help="""Frames queued for one connection before it counts as a slow reader and is
+        closed. Must exceed ws_replay_frames, so a full replay after a reload always fits.""",
     )
     ws_send_queue_bytes = Int(
         8 * 1024 * 1024, config=True,
-        help="Bytes queued for one connection before it counts as a slow reader and is closed.",
+        help="""Bytes queued for one connection before it counts as a slow reader and is
+        closed. Must exceed ws_replay_bytes (a replay shares the buffered strings, so it costs
+        no extra memory).""",
     )
     ws_replay_frames = Int(
         1000, config=True,
@@ -218,6 +221,7 @@ class CloudIDEApp(ExtensionApp):
         self._components = {}
         self._db_state = {"state": "starting"}
         self._limiter_state = {"state": "starting", "backend": self.rate_limit_backend}
+        self._check_queue_bounds()
         self.sessions = SessionManager(
             replay_frames=self.ws_replay_frames,
             replay_bytes=self.ws_replay_bytes,
@@ -236,6 +240,20 @@ class CloudIDEApp(ExtensionApp):
         self.settings["ws_ping_interval"] = int(self.ws_heartbeat_seconds * 1000)
         events.register_schemas(self.event_logger)
 
+    def _check_queue_bounds(self) -> None:
+        """A replay is queued in one go; if it could overflow the send queue, every reconnect
+        after a long turn would be cut off as a slow reader and never catch up."""
+        if self.ws_send_queue_frames < self.ws_replay_frames + 2:
+            raise ValueError(
+                f"CloudIDEApp.ws_send_queue_frames ({self.ws_send_queue_frames}) must exceed "
+                f"ws_replay_frames ({self.ws_replay_frames}) + 2"
+            )
+        if self.ws_send_queue_bytes <= self.ws_replay_bytes + self.ws_max_frame_bytes:
+            raise ValueError(
+                f"CloudIDEApp.ws_send_queue_bytes ({self.ws_send_queue_bytes}) must exceed "
+                "ws_replay_bytes + ws_max_frame_bytes"
+            )
+
     def initialize_handlers(self) -> None:
         self.handlers.extend(routes.all_handlers())
 
@@ -249,18 +267,26 @@ class CloudIDEApp(ExtensionApp):
         self.log.info("jupyter_cloudide %s started (data: %s)", __version__, self.data_dir)
 
     async def stop_extension(self) -> None:
-        """Stop cleanly: close sessions, cancel background tasks, close the store and limiter."""
-        self.sessions.close_all()
-        for task in self._tasks:
+        """Stop cleanly: close sessions, cancel background tasks, close the store and limiter.
+
+        Also called after a failed load (bad configuration), so nothing here may assume that
+        initialize_settings or the start hook ran to the end.
+        """
+        sessions: SessionManager | None = getattr(self, "sessions", None)
+        if sessions is not None:
+            sessions.close_all()
+        tasks: list[asyncio.Task[None]] = getattr(self, "_tasks", [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks.clear()
         if self._limiter is not None:
             await self._limiter.close()
         if self.store is not None:
             store, self.store = self.store, None
             await asyncio.to_thread(store.close)
-        self._emit_lifecycle("stopped")
+        if sessions is not None:
+            self._emit_lifecycle("stopped")
 
     # -- the server we run in ----------------------------------------------------------------
 

@@ -157,7 +157,6 @@ class Session:
              error: JsonDict | None = None) -> int:
         """Number, buffer and (if a live connection is attached) send one frame."""
         seq = self.next_seq
-        self.next_seq += 1
         frame: JsonDict = {"type": frame_type, "seq": seq}
         if request_id is not None:
             frame["id"] = request_id
@@ -165,7 +164,8 @@ class Session:
             frame["error"] = error
         else:
             frame["payload"] = payload
-        text = encode(frame)
+        text = encode(frame)  # may raise: only then is the seq taken, so seqs have no gaps
+        self.next_seq += 1
         self._remember(seq, text)
         if self.sink is not None and not self.paused:
             self._deliver(text)
@@ -356,7 +356,9 @@ class Channel:
             pong: JsonDict = {"type": "pong"}
             if "id" in frame:
                 pong["id"] = frame["id"]
-            self.sink.send_text(encode(pong))
+            if not self.sink.send_text(encode(pong)):
+                self.session.detach(self.sink)
+                self.sink.close_sink(CLOSE_SLOW_READER, "slow reader: send buffer full")
             return
         request_id = frame.get("id")
         payload = frame.get("payload")

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
     from ..app import CloudIDEApp
 
 AUTH_RESOURCE = "cloudide:session"
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_LAST_SEQ = re.compile(r"^[0-9]{1,18}$")  # ASCII only: str.isdigit() accepts "²"
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_LAST_SEQ = re.compile(r"[0-9]{1,18}")  # ASCII only: str.isdigit() accepts "²"
 
 
 class SessionChannelHandler(
@@ -80,11 +80,11 @@ class SessionChannelHandler(
                                        user=self.cloudide.user_key(self.current_user))
             raise web.HTTPError(403, f"not authorized to use {AUTH_RESOURCE}")
         session_id = self.get_query_argument("session_id", None)
-        if session_id is not None and not _SESSION_ID.match(session_id):
+        if session_id is not None and not _SESSION_ID.fullmatch(session_id):
             raise web.HTTPError(400, "session_id: malformed")
         last_seq = self.get_query_argument("last_seq", None)
         if last_seq is not None:
-            if not _LAST_SEQ.match(last_seq):
+            if not _LAST_SEQ.fullmatch(last_seq):
                 raise web.HTTPError(400, "last_seq: must be a non-negative integer")
             self._resume_from = int(last_seq)
         self._session_id = session_id

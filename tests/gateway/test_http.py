@@ -455,3 +455,20 @@ class TestOnPostgres:
         assert body_of(got)["title"] == "on pg"
         assert (await fetch(jp_fetch, f"cloudide/api/conversations/{created['id']}",
                             user="bob")).code == 404
+
+
+class TestUnsafeQueueConfigRefused:
+    """A send queue smaller than the replay buffer would cut off every reconnect."""
+
+    @pytest.fixture
+    def cloudide_config(self) -> dict[str, Any]:
+        return {"ws_send_queue_frames": 10, "ws_replay_frames": 100}
+
+    async def test_extension_does_not_load(self, jp_serverapp: Any, jp_fetch: Any) -> None:
+        from jupyter_cloudide.app import CloudIDEApp
+
+        response = await fetch(jp_fetch, "cloudide/api/health")
+        assert response.code == 404
+        with pytest.raises(ValueError, match=r"ws_send_queue_frames \(10\) must exceed"):
+            CloudIDEApp(ws_send_queue_frames=10, ws_replay_frames=100)._check_queue_bounds()
+        await jp_serverapp.extension_manager.stop_all_extensions()  # must not raise
