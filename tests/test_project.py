@@ -93,9 +93,12 @@ def test_labextension_unit_tests() -> None:
 
 
 def test_no_heavy_imports_at_server_start() -> None:
-    """jupyter_server imports the extension at start-up; nothing heavy may come with it."""
+    """jupyter_server imports the extension at start-up, and the start hook builds the (memory)
+    rate limiter; nothing heavy may come with either."""
     code = (
         "import sys, jupyter_cloudide, jupyter_cloudide.app;"
+        "from jupyter_cloudide.gateway.ratelimit import build_rate_limiter, Limit;"
+        "build_rate_limiter('memory', {'chat': Limit(1)}, None);"
         "heavy = ['sqlalchemy', 'alembic', 'lancedb', 'openai', 'anthropic', 'torch',"
         " 'redis', 'pyarrow', 'psycopg'];"
         "print(','.join(m for m in heavy if m in sys.modules))"

@@ -36,13 +36,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 __all__ = [
     "ROUTE_CLASSES",
@@ -526,6 +524,11 @@ class RedisRateLimiter(RateLimiter):
         socket_timeout: float = 1.0,
         max_connections: int = 50,
     ) -> None:
+        # redis-py costs ~80 ms to import; only servers configured for Redis pay it.
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         super().__init__(limits)
         self._prefix = prefix
         self._owns_client = client is None
@@ -554,6 +557,8 @@ class RedisRateLimiter(RateLimiter):
         return f"{self._prefix}{route_class}:{_user_key_part(user)}"
 
     async def _run(self, script: Any, key: str, limit: Limit, amount: int) -> list[Any]:
+        from redis.exceptions import RedisError
+
         args = (limit.requests_per_minute or 0, limit.tokens_per_minute or 0, amount)
         try:
             result = await script(keys=[key], args=args)

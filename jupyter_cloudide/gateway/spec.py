@@ -29,7 +29,9 @@ _METHODS = ("get", "put", "post", "delete", "patch")
 def load_spec() -> dict[str, Any]:
     """The parsed api.yaml shipped in the package."""
     text = resources.files("jupyter_cloudide").joinpath("api.yaml").read_text("utf-8")
-    spec: dict[str, Any] = yaml.safe_load(text)
+    # libyaml's loader parses it in ~2 ms; the pure-Python one takes ~17 ms at start-up.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    spec: dict[str, Any] = yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     return spec
 
 
