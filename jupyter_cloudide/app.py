@@ -9,6 +9,7 @@ need it wait for it briefly, then answer 503.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 from collections.abc import Callable
@@ -310,7 +311,7 @@ class CloudIDEApp(ExtensionApp):
             return self._owner_name
         return str(user.username)
 
-    @property
+    @functools.cached_property
     def _owner_mode(self) -> bool:
         if self.user_identity != "auto":
             return self.user_identity == "server_owner"
@@ -319,7 +320,7 @@ class CloudIDEApp(ExtensionApp):
         provider = type(self.server.identity_provider)
         return provider in (IdentityProvider, PasswordIdentityProvider)
 
-    @property
+    @functools.cached_property
     def _owner_name(self) -> str:
         import getpass
 
@@ -425,13 +426,14 @@ class CloudIDEApp(ExtensionApp):
         """The channel calls ``check(user, route_class, tokens)``; this app is that object."""
         return self
 
-    async def check(self, user: str, route_class: str, tokens: int = 0) -> Any:
+    async def check(self, user: str, route_class: str, tokens: int = 0) -> Decision | None:
+        """The session channel's rate check: as check_rate_limit, metered as WS traffic."""
         decision = await self.check_rate_limit(user, route_class, tokens)
         if decision is not None and not decision.allowed:
             metrics.RATE_LIMITED.labels(route_class, "ws").inc()
             self.emit_refused(reason="rate_limited", route=route_class, user=user,
                               route_class=route_class, retry_after_s=decision.retry_after_s)
-        return decision if decision is not None else _ALLOWED
+        return decision
 
     # -- body limits ------------------------------------------------------------------------
 
@@ -512,14 +514,5 @@ class CloudIDEApp(ExtensionApp):
     async def _ws_health(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
         return self.health_report()
 
-
-class _Allowed:
-    """What the channel sees when no limit applies."""
-
-    allowed = True
-    retry_after_s = 0.0
-
-
-_ALLOWED = _Allowed()
 
 main = launch_new_instance = CloudIDEApp.launch_instance

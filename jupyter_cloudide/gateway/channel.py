@@ -48,7 +48,8 @@ class FrameSink(Protocol):
 class RateCheck(Protocol):
     """What the channel needs of the rate limiter (see ratelimit.RateLimiter.check)."""
 
-    async def check(self, user: str, route_class: str, tokens: int = 0) -> Any: ...
+    async def check(self, user: str, route_class: str, tokens: int = 0) -> Any:
+        """A ratelimit.Decision, or None when no limit applies."""
 
 
 def encode(frame: JsonDict) -> str:
@@ -391,7 +392,7 @@ class Channel:
                 spec.validate_schema(payload, spec.schema_pointer(kind.schema))
             if kind.rate_class is not None and self._limiter is not None:
                 decision = await self._limiter.check(self.session.user, kind.rate_class)
-                if not decision.allowed:
+                if decision is not None and not decision.allowed:
                     raise RateLimitedError(
                         f"rate limit for {kind.rate_class} requests exceeded",
                         retry_after_s=decision.retry_after_s,
