@@ -35,28 +35,18 @@ import contextlib
 import http.client
 import json
 import logging
-import math
 import os
-import platform
 import resource
-import secrets
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
-from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import psutil
 import websockets
+from _common import Fleet, Proc, bench_main, free_port, http_get, pct, repo_env, versions
 from websockets.asyncio.client import ClientConnection, connect
 
-REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench.gateway")
 
 TARGET_WS_OVERHEAD_P50_MS = 1.0
@@ -84,13 +74,6 @@ asyncio.run(main())
 # helpers
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago (bind to port 0 and read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def raise_fd_limit(wanted: int) -> int:
     """Raise the soft RLIMIT_NOFILE (inherited by the servers we spawn); returns it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -101,15 +84,6 @@ def raise_fd_limit(wanted: int) -> int:
     return int(soft)
 
 
-def pct(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile ``p`` (0..100) of ``samples``, in the samples' unit."""
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def ms(ns: float) -> float:
     return round(ns / 1e6, 4)
 
@@ -118,139 +92,29 @@ def mb(nbytes: float) -> float:
     return round(nbytes / (1024 * 1024), 2)
 
 
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def cloudide_version() -> str:
-    sys.path.insert(0, str(REPO))
-    try:
-        from jupyter_cloudide._version import __version__
-
-        return str(__version__)
-    except ImportError:
-        return version_of("jupyter_cloudide")
-    finally:
-        sys.path.remove(str(REPO))
-
-
 # ------------------------------------------------------------------------------------------
 # processes
 
 
-@dataclass
-class Proc:
-    """A child process in its own process group, with its output in a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    port: int
-    token: str = ""
-
-    @property
-    def pid(self) -> int:
-        return int(self.popen.pid)
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text("utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM the group, then SIGKILL it if it has not gone within a few seconds."""
-        if self.popen.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.popen.pid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(timeout=5)
-
-
-@dataclass
-class Fleet:
-    """Every process this run started; ``stop_all`` is safe to call more than once."""
-
-    procs: list[Proc] = field(default_factory=list)
-    tmpdirs: list[Path] = field(default_factory=list)
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], cwd: Path,
-              port: int, token: str = "") -> Proc:
-        log_path = cwd / f"{name}.log"
-        with open(log_path, "wb") as out:
-            popen = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        proc = Proc(name, popen, log_path, port, token)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.procs):
-            try:
-                proc.stop()
-            except Exception as exc:
-                log.warning("could not stop %s (pid %d): %s", proc.name, proc.pid, exc)
-        self.procs.clear()
-        for d in self.tmpdirs:
-            shutil.rmtree(d, ignore_errors=True)
-        self.tmpdirs.clear()
-
-
 def start_jupyter(fleet: Fleet, name: str, extra_args: list[str]) -> Proc:
     """``jupyter server`` with jupyter_cloudide enabled, on a free port, in a fresh tmp dir."""
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench-gw-{name}-"))
-    fleet.tmpdirs.append(tmp)
+    tmp = fleet.mkdtemp(f"bench-gw-{name}-")
     (tmp / "root").mkdir()
     (tmp / "data").mkdir()
-    token = secrets.token_hex(16)
-    port = free_port()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
-    )
+    env = repo_env()
     env["JUPYTER_CLOUDIDE_DATA_DIR"] = str(tmp / "data")
     # Keep the user's own Jupyter config and runtime files out of the measurement.
     env["JUPYTER_CONFIG_DIR"] = str(tmp / "config")
     env["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
     env["JUPYTER_PLATFORM_DIRS"] = "1"
-    argv = [
-        sys.executable, "-m", "jupyter_server",
-        "--ServerApp.jpserver_extensions={'jupyter_cloudide': True}",
-        f"--IdentityProvider.token={token}",
-        f"--port={port}", "--ServerApp.port_retries=0", "--ip=127.0.0.1",
-        "--allow-root", "--no-browser", f"--ServerApp.root_dir={tmp / 'root'}",
-        *extra_args,
-    ]
-    return fleet.spawn(name, argv, env, tmp, port, token)
+    return fleet.spawn_jupyter(name, tmp, env, extra=extra_args)
 
 
 def start_echo(fleet: Fleet) -> Proc:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-gw-echo-"))
-    fleet.tmpdirs.append(tmp)
+    tmp = fleet.mkdtemp("bench-gw-echo-")
     port = free_port()
     argv = [sys.executable, "-c", ECHO_SERVER_SOURCE, str(port)]
     return fleet.spawn("echo", argv, dict(os.environ), tmp, port)
-
-
-def http_get(proc: Proc, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"token {proc.token}"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def wait_jupyter_ready(proc: Proc, *, health: bool) -> None:
@@ -539,7 +403,7 @@ async def run_ws(args: argparse.Namespace, lat: Proc, echo: Proc, mem: Proc,
     log.info("memory: %d idle session-channel connections", args.idle)
     m = await bench_idle_memory(mem, "/cloudide/api/ws", args.idle, welcome=True,
                                 settle_s=args.settle)
-    status, body = await asyncio.to_thread(http_get, mem, "/cloudide/api/health")
+    status, body = await asyncio.to_thread(http_get, mem, "/cloudide/api/health", 5.0)
     log.info("memory: %d idle events connections (baseline)", args.idle)
     e = await bench_idle_memory(events, "/api/events/subscribe", args.idle, welcome=False,
                                 settle_s=args.settle)
@@ -621,42 +485,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    fleet = Fleet()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    t0 = time.perf_counter()
-    try:
-        figures = run(args, fleet)
-    except BaseException:
-        for proc in fleet.procs:
-            log.error("--- %s (pid %d) log tail ---\n%s", proc.name, proc.pid, proc.tail())
-        raise
-    finally:
-        fleet.stop_all()
-    result: dict[str, Any] = {
-        "bench": "gateway",
-        "versions": {
-            "jupyter_cloudide": cloudide_version(),
-            "jupyter_server": version_of("jupyter_server"),
-            "tornado": version_of("tornado"),
-            "websockets": getattr(websockets, "__version__", version_of("websockets")),
-            "python": platform.python_version(),
-        },
+def header(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "versions": versions(
+            "jupyter_server", "tornado", "websockets",
+            websockets=getattr(websockets, "__version__", None),
+        ),
         "params": {"n_http": args.n_http, "n_ws": args.n_ws, "k": args.k,
                    "window": args.window, "warmup": args.warmup, "cpus": os.cpu_count()},
-        **figures,
-        "runtime_s": round(time.perf_counter() - t0, 1),
     }
-    print(json.dumps(result, separators=(",", ":")), flush=True)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("gateway", argv, parse_args, run, header, separators=(",", ":"))
 
 
 if __name__ == "__main__":

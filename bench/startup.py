@@ -39,7 +39,6 @@ every process it starts runs in its own process group, which is killed on exit, 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import logging
@@ -47,21 +46,15 @@ import math
 import os
 import platform
 import re
-import secrets
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from _common import Fleet, Proc, bench_main, http_get, pct, repo_env, versions
+
 log = logging.getLogger("bench.startup")
 
 TARGET_ADDED_READY_MS = 300.0
@@ -70,8 +63,6 @@ CLOUDIDE_READY_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.010
 HEAVY_MODULES = ("sqlalchemy", "alembic", "lancedb", "openai", "anthropic", "torch", "redis",
                  "pyarrow")
-EXT_ON = "--ServerApp.jpserver_extensions={'jupyter_cloudide': True}"
-EXT_OFF = "--ServerApp.jpserver_extensions={'jupyter_cloudide': False}"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 LOADED = re.compile(r"\] (\S+) \| extension was successfully loaded")
 
@@ -97,22 +88,6 @@ print(json.dumps(out))
 # helpers
 
 
-def free_port() -> int:
-    """A TCP port that was free a moment ago (bind to port 0 and read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def pct(samples: list[float], p: float) -> float:
-    """Nearest-rank percentile ``p`` (0..100) of ``samples``."""
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def r1(x: float | None) -> float | None:
     """Round to 0.1 (ms); NaN and None become None so the output stays valid JSON."""
     if x is None or math.isnan(x):
@@ -130,29 +105,9 @@ def summary(samples: list[float]) -> dict[str, Any]:
     }
 
 
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def cloudide_version() -> str:
-    sys.path.insert(0, str(REPO))
-    try:
-        from jupyter_cloudide._version import __version__
-
-        return str(__version__)
-    except ImportError:
-        return version_of("jupyter_cloudide")
-    finally:
-        sys.path.remove(str(REPO))
-
-
 def child_env(tmp: Path | None = None) -> dict[str, str]:
     """Our environment, with the repo importable and (given ``tmp``) fresh Jupyter dirs."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env = repo_env()
     env.pop("JUPYTER_CLOUDIDE_DB_URL", None)
     env.pop("JUPYTER_TOKEN", None)
     env["JUPYTER_PLATFORM_DIRS"] = "1"
@@ -163,113 +118,6 @@ def child_env(tmp: Path | None = None) -> dict[str, str]:
             (tmp / sub).mkdir(exist_ok=True)
             env[var] = str(tmp / sub)
     return env
-
-
-# ------------------------------------------------------------------------------------------
-# processes
-
-
-@dataclass
-class Proc:
-    """A child process in its own process group, with its output in a log file."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text("utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """SIGTERM the group, then SIGKILL it if it has not gone within a few seconds."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=8)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop on SIGTERM; killing its group", self.name)
-        # Kill whatever is left in the group (kernels, terminals), even if the leader is gone.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=5)
-
-
-@dataclass
-class Fleet:
-    """Every process and temp dir this run created; ``stop_all`` is safe to call again."""
-
-    procs: list[Proc] = field(default_factory=list)
-    tmpdirs: list[Path] = field(default_factory=list)
-
-    def mkdtemp(self, prefix: str) -> Path:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix))
-        self.tmpdirs.append(tmp)
-        return tmp
-
-    def spawn(self, name: str, argv: list[str], env: dict[str, str], cwd: Path) -> Proc:
-        log_path = cwd / f"{name}.log"
-        with open(log_path, "wb") as out:
-            popen = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        proc = Proc(name, popen, log_path)
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: Proc) -> None:
-        try:
-            proc.stop()
-        finally:
-            if proc in self.procs:
-                self.procs.remove(proc)
-
-    def run(self, argv: list[str], env: dict[str, str], timeout: float) -> tuple[str, str]:
-        """Run a short command in its own process group; (stdout, stderr). Raises on failure."""
-        tmp = self.mkdtemp("bench-su-cmd-")
-        out_path, err_path = tmp / "out", tmp / "err"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            popen = subprocess.Popen(argv, env=env, cwd=tmp, stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=err, start_new_session=True)
-            proc = Proc(argv[-1][:40], popen, err_path)
-            self.procs.append(proc)
-            try:
-                rc = popen.wait(timeout=timeout)
-            finally:
-                self.stop(proc)
-        stdout = out_path.read_text("utf-8", errors="replace")
-        stderr = err_path.read_text("utf-8", errors="replace")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.tmpdirs.remove(tmp)
-        if rc != 0:
-            raise RuntimeError(f"{argv!r} exited with {rc}:\n{stderr[-2000:]}")
-        return stdout, stderr
-
-    def stop_all(self) -> None:
-        for proc in reversed(list(self.procs)):
-            try:
-                self.stop(proc)
-            except Exception as exc:
-                log.warning("could not stop %s (pid %d): %s", proc.name, proc.popen.pid, exc)
-        for d in self.tmpdirs:
-            shutil.rmtree(d, ignore_errors=True)
-        self.tmpdirs.clear()
-
-
-def http_get(port: int, token: str, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Authorization": f"token {token}"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 # ------------------------------------------------------------------------------------------
@@ -310,18 +158,11 @@ def start_once(fleet: Fleet, name: str, with_ext: bool) -> StartResult:
     tmp = fleet.mkdtemp(f"bench-su-{name}-")
     (tmp / "root").mkdir()
     env = child_env(tmp)
-    token = secrets.token_hex(16)
-    port = free_port()
-    argv = [
-        sys.executable, "-m", "jupyter_server", EXT_ON if with_ext else EXT_OFF,
-        f"--IdentityProvider.token={token}", f"--port={port}", "--ServerApp.port_retries=0",
-        "--ip=127.0.0.1", "--allow-root", "--no-browser", f"--ServerApp.root_dir={tmp / 'root'}",
-    ]
-    t0 = time.perf_counter()
-    proc = fleet.spawn(name, argv, env, tmp)
+    proc = fleet.spawn_jupyter(name, tmp, env, with_ext=with_ext)
+    t0 = proc.started
     try:
         def status_ok() -> bool | str:
-            status, _ = http_get(port, token, "/api/status")
+            status, _ = http_get(proc, "/api/status")
             return True if status == 200 else f"HTTP {status}"
 
         ready = poll_until(proc, t0, t0 + SERVER_START_TIMEOUT_S, status_ok)
@@ -330,7 +171,7 @@ def start_once(fleet: Fleet, name: str, with_ext: bool) -> StartResult:
             first: list[float] = []
 
             def db_ok() -> bool | str:
-                status, body = http_get(port, token, "/cloudide/api/health")
+                status, body = http_get(proc, "/cloudide/api/health")
                 if status != 200:
                     return f"health HTTP {status}"
                 if not first:
@@ -347,8 +188,7 @@ def start_once(fleet: Fleet, name: str, with_ext: bool) -> StartResult:
         fleet.stop(proc)
     text = proc.log_path.read_text("utf-8", errors="replace")
     result.loaded_extensions = sorted(set(LOADED.findall(ANSI.sub("", text))))
-    shutil.rmtree(tmp, ignore_errors=True)
-    fleet.tmpdirs.remove(tmp)
+    fleet.rmtree(tmp)
     return result
 
 
@@ -545,42 +385,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
-    fleet = Fleet()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    t0 = time.perf_counter()
-    try:
-        figures = run(args, fleet)
-    except BaseException:
-        for proc in fleet.procs:
-            log.error("--- %s (pid %d) log tail ---\n%s", proc.name, proc.popen.pid,
-                      proc.tail())
-        raise
-    finally:
-        fleet.stop_all()
-    result: dict[str, Any] = {
-        "bench": "startup",
-        "versions": {
-            "jupyter_cloudide": cloudide_version(),
-            "jupyter_server": version_of("jupyter_server"),
-            "jupyterlab": version_of("jupyterlab"),
-            "tornado": version_of("tornado"),
-            "python": platform.python_version(),
-        },
+def header(_args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "versions": versions("jupyter_server", "jupyterlab", "tornado"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-        **figures,
-        "runtime_s": round(time.perf_counter() - t0, 1),
     }
-    print(json.dumps(result, sort_keys=False), flush=True)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("startup", argv, parse_args, run, header)
 
 
 if __name__ == "__main__":
