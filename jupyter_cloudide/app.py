@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Enum, Float, Int, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
 
 from ._version import __version__
 from .errors import ServiceUnavailableError
@@ -28,6 +28,7 @@ from .metering import events, metrics
 
 if TYPE_CHECKING:
     from .agent.conversations import ConversationService
+    from .executor.service import ExecutorService
     from .gateway.ratelimit import Decision, Limit, RateLimiter
     from .storage.db import MetadataStore
 
@@ -202,6 +203,49 @@ class CloudIDEApp(ExtensionApp):
         three intervals is closed. 0 disables.""",
     )
 
+    # -- executor ---------------------------------------------------------------------------
+
+    allowed_kernelspecs = List(
+        Unicode(), ["python3"], config=True,
+        help="""Kernelspecs the execute API may run code in (new kernels and existing ones).
+        A kernel_name outside the list is refused before any process starts.""",
+    )
+    default_kernelspec = Unicode(
+        "python3", config=True, help="Kernelspec of new kernels when a request names none.",
+    )
+    execute_timeout = Float(
+        60.0, config=True, help="Default seconds an execution may run before it is interrupted.",
+    )
+    execute_max_timeout = Float(
+        3600.0, config=True, help="Upper bound on a request's timeout_s.",
+    )
+    interrupt_grace_seconds = Float(
+        5.0, config=True,
+        help="""Seconds to wait after interrupting a timed-out (or cancelled) execution before
+        restarting its kernel.""",
+    )
+    output_max_bytes = Int(
+        1024 * 1024, config=True,
+        help="Output bytes kept per execution; the rest is dropped with a visible marker.",
+    )
+    output_max_messages = Int(
+        2000, config=True, help="Output messages kept per execution (floods are dropped).",
+    )
+    max_queue_per_kernel = Int(
+        16, config=True, help="Executions waiting for one kernel before new ones get a 429.",
+    )
+    warm_pool_size = Int(
+        1, config=True,
+        help="""Kernels kept started per allowed kernelspec, so a new agent session's first
+        execution does not wait for a kernel to start. 0 disables the pool.""",
+    )
+    warm_pool_max_idle = Float(
+        3600.0, config=True, help="Seconds an untaken pool kernel lives before it is culled.",
+    )
+    job_retention = Float(
+        3600.0, config=True, help="Seconds a finished detached job stays pollable.",
+    )
+
     # -- wiring -----------------------------------------------------------------------------
 
     store: MetadataStore | None = None
@@ -215,6 +259,7 @@ class CloudIDEApp(ExtensionApp):
     _tasks: list[asyncio.Task[None]]
     _components: dict[str, ComponentProbe]
     _conversations: ConversationService | None = None
+    _executor: ExecutorService | None = None
 
     def initialize_settings(self) -> None:
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
@@ -234,10 +279,13 @@ class CloudIDEApp(ExtensionApp):
                                schema="WsResume")
         self.ws_kinds.register("health", self._ws_health, resource="cloudide:health",
                                action="read", schema="WsHealth")
+        self.ws_kinds.register("execute", self._ws_execute, resource="cloudide:execute",
+                               rate_class="execute", schema="WsExecute")
         self.register_component("db", lambda: dict(self._db_state))
         self.register_component("rate_limiter", lambda: dict(self._limiter_state))
         self.register_component("session_channel", self._channel_state)
         self.register_component("kernels", self._kernels_state)
+        self.register_component("executor", self._executor_state)
         self.settings["ws_ping_interval"] = int(self.ws_heartbeat_seconds * 1000)
         events.register_schemas(self.event_logger)
 
@@ -265,6 +313,7 @@ class CloudIDEApp(ExtensionApp):
         self._limiter = self._build_limiter()
         self._tasks.append(asyncio.create_task(self._open_store()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        self.executor_service().start()
         self.log.info("jupyter_cloudide %s started (data: %s)", __version__, self.data_dir)
 
     async def stop_extension(self) -> None:
@@ -281,6 +330,9 @@ class CloudIDEApp(ExtensionApp):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         tasks.clear()
+        if self._executor is not None:
+            executor, self._executor = self._executor, None
+            await executor.close()
         if self._limiter is not None:
             await self._limiter.close()
         if self.store is not None:
@@ -385,6 +437,42 @@ class CloudIDEApp(ExtensionApp):
 
             self._conversations = ConversationService(await self.metadata_store())
         return self._conversations
+
+    # -- executor ---------------------------------------------------------------------------
+
+    def executor_service(self) -> ExecutorService:
+        """The executor (built on first use; cheap: no kernel starts until the pool fills)."""
+        if self._executor is None:
+            from .executor.execute import ExecutorSettings
+            from .executor.service import ExecutorConfig, ExecutorService
+
+            config = ExecutorConfig(
+                allowed_kernelspecs=tuple(self.allowed_kernelspecs),
+                default_kernelspec=self.default_kernelspec,
+                settings=ExecutorSettings(
+                    default_timeout_s=self.execute_timeout,
+                    max_timeout_s=self.execute_max_timeout,
+                    interrupt_grace_s=self.interrupt_grace_seconds,
+                    max_output_bytes=self.output_max_bytes,
+                    max_output_messages=self.output_max_messages,
+                ),
+                warm_pool_size=self.warm_pool_size,
+                warm_pool_max_idle_s=self.warm_pool_max_idle,
+                job_retention_s=self.job_retention,
+                max_queue_per_kernel=self.max_queue_per_kernel,
+            )
+            self._executor = ExecutorService(
+                self.server.kernel_manager, self.server.session_manager, config)
+        return self._executor
+
+    def push_to_user(self, user: str, payload: dict[str, Any]) -> None:
+        """Send an event to every WebSocket session of ``user``."""
+        self.sessions.broadcast(user, payload)
+
+    def _executor_state(self) -> dict[str, Any]:
+        if self._executor is None:
+            return {"state": "starting"}
+        return self._executor.state()
 
     # -- rate limits ------------------------------------------------------------------------
 
@@ -502,6 +590,8 @@ class CloudIDEApp(ExtensionApp):
         while True:
             await asyncio.sleep(30)
             self.sessions.expire()
+            if self._executor is not None:
+                await self._executor.housekeeping()
             if self.store is not None:
                 self._db_state = await asyncio.to_thread(self.store.health)
 
@@ -513,6 +603,15 @@ class CloudIDEApp(ExtensionApp):
 
     async def _ws_health(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
         return self.health_report()
+
+    async def _ws_execute(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
+        from .executor.execute import parse_request
+
+        result = await self.executor_service().execute(
+            parse_request(payload, source="user"),
+            on_output=lambda output: ctx.event({"kind": "execute.output", "output": output}),
+        )
+        return result.to_json()
 
 
 main = launch_new_instance = CloudIDEApp.launch_instance

@@ -43,7 +43,9 @@ def jp_server_config(
             "allow_unauthenticated_access": False,
             **server_config,
         },
-        "CloudIDEApp": {"data_dir": str(tmp_path / "cloudide-data"), **cloudide_config},
+        # No warm pool unless a test asks: each pool kernel is a process to start and stop.
+        "CloudIDEApp": {"data_dir": str(tmp_path / "cloudide-data"), "warm_pool_size": 0,
+                        **cloudide_config},
     }
 
 

@@ -299,6 +299,13 @@ class SessionManager:
             self.drop(session)
         return len(dead)
 
+    def broadcast(self, user: str, payload: JsonDict) -> int:
+        """Push an ``event`` to every session of ``user`` (job progress, usage notices)."""
+        mine = [s for s in self._sessions.values() if s.user == user]
+        for session in mine:
+            session.emit("event", payload)
+        return len(mine)
+
     def close_all(self) -> None:
         for session in list(self._sessions.values()):
             self.drop(session)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import websocket
-from .handlers import conversations, health
+from .handlers import conversations, execute, health
 
-ROUTE_MODULES = (health, conversations, websocket)
+ROUTE_MODULES = (health, conversations, execute, websocket)
 
 
 def all_handlers() -> list[tuple[str, Any]]:

@@ -49,3 +49,16 @@ RATE_LIMITED = Counter(
     "Requests refused by a rate limit, by route class and transport (http, ws).",
     ["route_class", "transport"],
 )
+KERNEL_BUSY_SECONDS = Counter(
+    "cloudide_kernel_busy_seconds",
+    "Kernel busy seconds (union of busy spans from iopub status), by source (agent, user).",
+    ["source"],
+)
+KERNEL_LIFETIME_SECONDS = Counter(
+    "cloudide_kernel_lifetime_seconds",
+    "Kernel lifetime seconds (start to shutdown or death; restarts are not billed twice).",
+)
+KERNELS_WATCHED = Gauge(
+    "cloudide_kernels_watched",
+    "Kernels of the server whose iopub the kernel-time watcher is listening to.",
+)

@@ -27,6 +27,13 @@ def server_config() -> dict[str, Any]:
     return {"identity_provider_class": MultiUserIdentity}
 
 
+@pytest.fixture
+def cloudide_config() -> dict[str, Any]:
+    # Random code must not start kernels: with no kernelspec allowed, every execute request
+    # is validated and refused (403) before any process could start.
+    return {"allowed_kernelspecs": []}
+
+
 def _fuzz(base_url: str, mode_name: str) -> dict[str, int]:
     """Run every REST operation's strategy; returns status-code counts. Runs in a thread."""
     import requests
