@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .agent.conversations import ConversationService
     from .executor.service import ExecutorService
     from .gateway.ratelimit import Decision, Limit, RateLimiter
+    from .metering.kernel_time import KernelMeter
+    from .metering.kernel_watch import KernelWatcher
     from .storage.db import MetadataStore
 
 ROUTE_CLASSES = ("chat", "completion", "execute", "search", "v1")
@@ -245,6 +247,20 @@ class CloudIDEApp(ExtensionApp):
     job_retention = Float(
         3600.0, config=True, help="Seconds a finished detached job stays pollable.",
     )
+    kernel_metering = Bool(
+        True, config=True,
+        help="""Meter busy and lifetime seconds of every kernel of the server (not only the
+        executor's) into the usage ledger, Prometheus and jupyter_events.""",
+    )
+    usage_owner = Unicode(
+        config=True,
+        help="""Who kernel time is billed to. Default: the hub user (JUPYTERHUB_USER) on
+        JupyterHub, else the OS user running the server.""",
+    )
+
+    @default("usage_owner")
+    def _default_usage_owner(self) -> str:
+        return os.environ.get("JUPYTERHUB_USER") or self._owner_name
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -260,6 +276,8 @@ class CloudIDEApp(ExtensionApp):
     _components: dict[str, ComponentProbe]
     _conversations: ConversationService | None = None
     _executor: ExecutorService | None = None
+    _meter: KernelMeter | None = None
+    _watcher: KernelWatcher | None = None
 
     def initialize_settings(self) -> None:
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
@@ -335,6 +353,9 @@ class CloudIDEApp(ExtensionApp):
             await executor.close()
         if self._limiter is not None:
             await self._limiter.close()
+        if self._watcher is not None:
+            watcher, self._watcher = self._watcher, None
+            await watcher.stop()  # checkpoints lifetimes and flushes rows to the ledger
         if self.store is not None:
             store, self.store = self.store, None
             await asyncio.to_thread(store.close)
@@ -402,7 +423,39 @@ class CloudIDEApp(ExtensionApp):
         self._db_state = {"state": "ok", "dialect": store.dialect,
                           "schema": store.schema_version}
         ready.set_result(store)
+        if self.kernel_metering:
+            await self._start_kernel_metering()
         self._emit_lifecycle("started")
+
+    async def _start_kernel_metering(self) -> None:
+        """Watch every kernel of the server; rows go to the ledger (idempotent by id)."""
+        import importlib
+
+        # Both modules import the storage layer (SQLAlchemy): import them off the loop.
+        await asyncio.to_thread(importlib.import_module, "jupyter_cloudide.metering.kernel_watch")
+        from .metering.kernel_time import KernelMeter
+        from .metering.kernel_watch import KernelWatcher
+
+        self._meter = KernelMeter(self.usage_owner)
+        self._watcher = KernelWatcher(
+            self.server.kernel_manager, self._meter, owner=self.usage_owner,
+            on_rows=self._write_usage, event_logger=self.event_logger,
+        )
+        await self._watcher.start()
+
+    async def _write_usage(self, rows: list[Any]) -> None:
+        store = await self.metadata_store()
+        await store.call(store.record_usage, rows)
+
+    @property
+    def kernel_watcher(self) -> KernelWatcher | None:
+        """The kernel-time watcher, once the store is open (None with metering off)."""
+        return self._watcher
+
+    def _mark_agent_request(self, msg_id: str) -> None:
+        """The executor sent ``msg_id`` for the agent: its busy time is billed as agent."""
+        if self._meter is not None:
+            self._meter.mark_agent(msg_id)
 
     def _open_store_blocking(self) -> MetadataStore:
         from .storage.db import MetadataStore
@@ -462,7 +515,8 @@ class CloudIDEApp(ExtensionApp):
                 max_queue_per_kernel=self.max_queue_per_kernel,
             )
             self._executor = ExecutorService(
-                self.server.kernel_manager, self.server.session_manager, config)
+                self.server.kernel_manager, self.server.session_manager, config,
+                on_agent_msg=self._mark_agent_request)
         return self._executor
 
     def push_to_user(self, user: str, payload: dict[str, Any]) -> None:

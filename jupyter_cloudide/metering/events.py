@@ -36,5 +36,6 @@ def register_schemas(event_logger: Any) -> None:
             # Already registered (a second extension app instance in tests).
             continue
 
+
 #: A kernel_busy or kernel_lifetime ledger row was produced (metering/kernel_watch.py).
 KERNEL_USAGE = f"{SCHEMA_BASE}/executor/kernel_usage/v1"

@@ -543,7 +543,10 @@ class KernelWatcher:
     async def _scan_loop(self) -> None:
         while True:
             await asyncio.sleep(self.scan_interval_s)
-            await self.scan()
+            try:
+                await self.scan()
+            except Exception:
+                log.exception("kernel usage: scan failed")
 
     async def _checkpoint_loop(self) -> None:
         while True:

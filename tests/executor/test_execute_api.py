@@ -364,3 +364,30 @@ class TestExecuteRateLimit:
         assert codes == [200, 200, 429]
         assert (await run(jp_fetch, {"code": "1", "kernel_id": kernel_id},
                           user="bob")).code == 200
+
+
+# -- kernel-time metering ----------------------------------------------------------------------
+
+
+async def test_kernel_time_of_api_executions_reaches_the_ledger(
+        cloudide: Any, jp_fetch: Any, kernel_id: str) -> None:
+    result = await ok(jp_fetch, {"code": "import time\ntime.sleep(0.6)", "kernel_id": kernel_id})
+    assert result["busy_s"] >= 0.5
+    store = cloudide.store
+    busy = 0.0
+    for _ in range(150):
+        totals = await store.call(store.usage_totals, cloudide.usage_owner)
+        busy = totals["by_kind"].get("kernel_busy", {}).get("quantity", 0.0)
+        if busy >= 0.5:
+            break
+        await asyncio.sleep(0.1)
+    assert busy >= 0.5
+    assert busy <= result["duration_s"] + 5  # nothing billed twice
+    metrics = (await jp_fetch("metrics", headers=auth("alice"))).body.decode()
+    assert 'cloudide_kernel_busy_seconds_total{source="user"}' in metrics
+    watcher = cloudide.kernel_watcher
+    await watcher.checkpoint()  # what a periodic checkpoint or shutdown writes
+    await watcher.flush()
+    totals = await store.call(store.usage_totals, cloudide.usage_owner)
+    lifetime = totals["by_kind"]["kernel_lifetime"]["quantity"]
+    assert lifetime >= busy  # busy time never exceeds the kernel's wall time
