@@ -96,6 +96,9 @@ class SessionChannelHandler(
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         super().open(*args, **kwargs)  # starts protocol-level pings (WebSocketMixin)
+        # Frames are small and often come in pairs (an output event, then the response):
+        # with Nagle on, the second waits ~40 ms for the client's delayed ACK.
+        self.set_nodelay(True)
         app = self.cloudide
         user = app.user_key(self.current_user)
         session, resumed = app.sessions.open(user, self._session_id)
