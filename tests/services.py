@@ -300,3 +300,100 @@ def redis_url(redis_server: str) -> Iterator[str]:
     finally:
         client.close()
     yield redis_server
+
+
+# -- Jupyter Kernel Gateway -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KernelGateway:
+    """A running Jupyter Kernel Gateway on loopback (its kernels run as local processes)."""
+
+    url: str
+    auth_token: str
+    log_path: Path
+    pid: int
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.auth_token}"}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def kernel_gateway() -> Iterator[KernelGateway]:
+    """Start ``jupyter kernelgateway`` on a free loopback port for the session.
+
+    Token-protected, kernel listing enabled (so a test can see which kernels it runs), with a
+    private runtime dir so its connection files stay out of the user's. Besides the
+    environment's kernelspecs it offers ``other-python`` (ipykernel under another name), a
+    kernelspec for allowlist tests.
+    """
+    import importlib.util
+    import json
+    import sys
+    import urllib.error
+    import urllib.request
+
+    if importlib.util.find_spec("kernel_gateway") is None:
+        _missing("jupyter_kernel_gateway not installed (pip install jupyter_kernel_gateway)")
+        raise AssertionError("unreachable")
+    root = Path(tempfile.mkdtemp(prefix="cloudide-kg-"))
+    log_path = root / "kernelgateway.log"
+    token = uuid.uuid4().hex
+    port = free_port()
+    spec_dir = root / "share" / "jupyter" / "kernels" / "other-python"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python (other-python)", "language": "python"}))
+    jupyter_path = os.pathsep.join(
+        p for p in (str(root / "share" / "jupyter"), os.environ.get("JUPYTER_PATH")) if p)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
+           "JUPYTER_PATH": jupyter_path}
+    cmd = [
+        sys.executable, "-m", "kernel_gateway",
+        "--KernelGatewayApp.ip=127.0.0.1",
+        f"--KernelGatewayApp.port={port}",
+        "--KernelGatewayApp.port_retries=0",
+        f"--KernelGatewayApp.auth_token={token}",
+        "--JupyterWebsocketPersonality.list_kernels=True",
+    ]
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=root,
+                                    env=env)
+        gateway = KernelGateway(url=f"http://127.0.0.1:{port}", auth_token=token,
+                                log_path=log_path, pid=proc.pid)
+        deadline = time.monotonic() + 60
+        request = urllib.request.Request(f"{gateway.url}/api/kernelspecs",
+                                         headers=gateway.headers())
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                _missing(f"jupyter kernelgateway did not start (exit code {proc.poll()}):\n"
+                         f"{gateway.log()[-4000:]}")
+            time.sleep(0.1)
+        yield gateway
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()  # the gateway shuts its kernels down on SIGTERM
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kernel_gateway_url(kernel_gateway: KernelGateway) -> str:
+    """The session gateway's base URL (its token: ``kernel_gateway.auth_token``)."""
+    return kernel_gateway.url

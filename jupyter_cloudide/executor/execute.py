@@ -94,6 +94,8 @@ class _Run:
         self.last_iopub_at = time.monotonic()
         self.execution_count: int | None = None
         self.input_refused = False
+        #: the kernel process died under us (announced on iopub, see ``on_iopub``)
+        self.kernel_lost = False
         #: set when both the idle status and the execute_reply have arrived
         self.finished = asyncio.Event()
 
@@ -106,6 +108,14 @@ class _Run:
             self.finished.set()
 
     def on_iopub(self, msg: JsonDict) -> None:
+        if (msg["header"]["msg_type"] == "status"
+                and msg.get("content", {}).get("execution_state") in ("restarting", "dead")):
+            # Nobody's reply: jupyter_server's kernel WebSocket announces that the kernel
+            # process died (and its restarter is bringing up a new one). Through it is the only
+            # way we learn of it for a remote kernel: the gateway's is_alive stays true.
+            self.kernel_lost = True
+            self.finished.set()
+            return
         if msg.get("parent_header", {}).get("msg_id") != self.msg_id:
             return  # another client's traffic on the same kernel
         self.last_iopub_at = time.monotonic()
@@ -177,7 +187,7 @@ class Executor:
                       cancel: asyncio.Event | None = None) -> ExecuteResult:
         """Run ``request`` to completion; never raises for kernel-side failures."""
         kernel_id = await self.resolve(request)
-        kernel_name = self.kernels.kernel_name_of(kernel_id)
+        kernel_name = await self.kernels.kernel_name_of(kernel_id)
         with self.kernels.queued(kernel_id) as handle:
             async with handle.lock:
                 return await self._run_locked(handle, kernel_name, request, on_output, cancel)
@@ -250,7 +260,7 @@ class Executor:
                 if run.idle_lost(now, _IDLE_QUIET_S):
                     run.idle_at = now
                     break
-                if died.is_set() or not await ensure_async(km.is_alive()):
+                if died.is_set() or run.kernel_lost or not await ensure_async(km.is_alive()):
                     return "dead"
                 if interrupted_at is None:
                     if cancel is not None and cancel.is_set():
@@ -316,10 +326,23 @@ class Executor:
             if msg["header"]["msg_type"] != "input_request":
                 continue
             if run.stdin:
-                client.input(run.stdin.pop(0))
+                _send_input(client, run.stdin.pop(0))
             else:
                 run.input_refused = True
                 await self._interrupt(km)
+
+
+def _send_input(client: Any, value: str) -> None:
+    """``client.input(value)``, with the message naming its channel.
+
+    A client that bridges all channels over one WebSocket (jupyter_server's
+    GatewayKernelClient, for remote kernels) sends messages as they are, and the far end routes
+    a message without ``channel`` to shell, where the kernel never reads an input_reply. ZMQ
+    channels ignore the extra key.
+    """
+    msg = client.session.msg("input_reply", {"value": value})
+    msg["channel"] = "stdin"
+    client.stdin_channel.send(msg)
 
 
 def _watch_restarts(km: Any, died: asyncio.Event) -> None:

@@ -13,7 +13,9 @@ import contextvars
 import inspect
 import logging
 import os
+import queue
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,6 +78,43 @@ def ipc_kernels() -> Iterator[None]:
         _START_WITH_IPC.reset(token)
 
 
+async def wait_for_ready(client: Any, km: Any, timeout: float) -> None:
+    """``client.wait_for_ready(timeout)``, asking the kernel's manager whether the kernel lives.
+
+    jupyter_client's version asks ``km._async_is_alive()``, which a remote kernel's manager
+    (jupyter_server's GatewayKernelManager) does not override: whenever kernel_info takes more
+    than a second (a kernel still restarting), it fails on the assertion of a local
+    provisioner. ``km.is_alive()`` is the public method every manager implements.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        client.kernel_info()
+        try:
+            reply = await client.get_shell_msg(timeout=1)
+        except queue.Empty:
+            pass
+        else:
+            if reply["header"]["msg_type"] == "kernel_info_reply":
+                try:  # iopub connected too? (else a run's first outputs could be lost)
+                    await client.get_iopub_msg(timeout=0.2)
+                except queue.Empty:
+                    pass
+                else:
+                    handle = getattr(client, "_handle_kernel_info_reply", None)
+                    if handle is not None:
+                        handle(reply)
+                    break
+        if not await ensure_async(km.is_alive()):
+            raise RuntimeError("kernel died before replying to kernel_info")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"kernel did not answer kernel_info in {timeout:g} s")
+    while True:  # flush iopub
+        try:
+            await client.get_iopub_msg(timeout=0.2)
+        except queue.Empty:
+            break
+
+
 @dataclass
 class KernelHandle:
     """Our side of one kernel: the queue (a lock) and a reusable client."""
@@ -93,7 +132,7 @@ class KernelHandle:
             if inspect.isawaitable(started):
                 await started
             try:
-                await ensure_async(client.wait_for_ready(timeout=ready_timeout))
+                await wait_for_ready(client, km, ready_timeout)
             except Exception:
                 self._close(client)
                 raise
@@ -139,18 +178,30 @@ class KernelDirectory:
                 f"kernel_name: kernelspec {kernel_name[:100]!r} is not allowed "
                 f"(allowed: {', '.join(self.allowed) or 'none'})", field="kernel_name")
 
-    def kernel_name_of(self, kernel_id: str) -> str:
+    async def kernel_name_of(self, kernel_id: str) -> str:
+        """The kernelspec the kernel was started from, as the server's kernels API reports it.
+
+        Read from the server's kernel model, not the per-kernel manager: a remote kernel's
+        manager (jupyter_server's GatewayKernelManager) keeps ``kernel_name`` at its default
+        ("python3") whatever spec the gateway started, which would let any remote kernel past
+        the allowlist.
+        """
         try:
             km = self.kernel_manager.get_kernel(kernel_id)
         except KeyError:
             raise NotFoundError(f"kernel {kernel_id} not found") from None
-        return str(getattr(km, "kernel_name", "") or "")
+        model: Any = None
+        kernel_model = getattr(self.kernel_manager, "kernel_model", None)
+        if kernel_model is not None:
+            model = await ensure_async(kernel_model(kernel_id))
+        name = model.get("name") if isinstance(model, dict) else None
+        return str(name or getattr(km, "kernel_name", "") or "")
 
     async def existing(self, kernel_id: str) -> str:
         """An existing kernel of the server, if its kernelspec is allowed."""
         if kernel_id not in self.kernel_manager.list_kernel_ids():
             raise NotFoundError(f"kernel {kernel_id} not found")
-        self.check_allowed(self.kernel_name_of(kernel_id))
+        self.check_allowed(await self.kernel_name_of(kernel_id))
         return kernel_id
 
     async def of_notebook(self, path: str) -> str:
