@@ -256,6 +256,11 @@ class Executor:
             readers.append(asyncio.ensure_future(self._pump_stdin(client, km, run)))
         try:
             while not run.done:
+                # Wait first: a short run finishes here without a single liveness probe.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(run.finished.wait(), _POLL_S)
+                if run.done:
+                    break
                 now = time.monotonic()
                 if run.idle_lost(now, _IDLE_QUIET_S):
                     run.idle_at = now
@@ -275,8 +280,6 @@ class Executor:
                 if failed:
                     log.warning("kernel channel failed: %r", failed[0].exception())
                     return "dead"
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(run.finished.wait(), _POLL_S)
             return status
         finally:
             for reader in readers:
