@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 from cloudide_testing import MultiUserIdentity, auth
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
+from execute_client import check_streamed_run, ok, run, text_of, ws_streaming_run
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -27,21 +26,7 @@ def cloudide_config() -> dict[str, Any]:
     return {"interrupt_grace_seconds": 3.0, "execute_timeout": 30.0}
 
 
-async def run(jp_fetch: Any, body: dict[str, Any], user: str = "alice") -> Any:
-    return await jp_fetch("cloudide", "api", "execute", method="POST", body=json.dumps(body),
-                          headers=auth(user), raise_error=False, request_timeout=120)
 
-
-async def ok(jp_fetch: Any, body: dict[str, Any]) -> dict[str, Any]:
-    response = await run(jp_fetch, body)
-    assert response.code == 200, response.body
-    result: dict[str, Any] = json.loads(response.body)
-    return result
-
-
-def text_of(result: dict[str, Any], name: str = "stdout") -> str:
-    return "".join(o["text"] for o in result["outputs"]
-                   if o["output_type"] == "stream" and o["name"] == name)
 
 
 @pytest.fixture
@@ -238,34 +223,10 @@ async def test_notebook_session_target(cloudide: Any, jp_fetch: Any,
 async def test_ws_execute_streams_outputs_then_result(jp_fetch: Any, jp_http_port: int,
                                                       jp_base_url: str,
                                                       kernel_id: str) -> None:
-    url = f"ws://127.0.0.1:{jp_http_port}{jp_base_url}cloudide/api/ws"
-    conn = await websocket_connect(HTTPRequest(url, headers=auth("alice")))
-    try:
-        assert json.loads(await conn.read_message())["type"] == "welcome"  # type: ignore[arg-type]
-        code = "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.1)\n'done'"
-        await conn.write_message(json.dumps({"type": "request", "id": "r1", "payload": {
-            "kind": "execute", "code": code, "kernel_id": kernel_id}}))
-        events, response = [], None
-        while response is None:
-            frame = json.loads(await conn.read_message())  # type: ignore[arg-type]
-            if frame["type"] == "event":
-                events.append(frame)
-            elif frame["type"] == "response":
-                response = frame
-        assert [e["payload"]["kind"] for e in events] == ["execute.output"] * len(events)
-        streamed = "".join(e["payload"]["output"].get("text", "") for e in events)
-        assert streamed == "0\n1\n2\n"
-        assert all(e["id"] == "r1" for e in events)
-        assert response["payload"]["status"] == "ok"
-        assert response["payload"]["outputs"][-1]["data"]["text/plain"] == "'done'"
-        seqs = [e["seq"] for e in events] + [response["seq"]]
-        assert seqs == sorted(seqs)
-        await conn.write_message(json.dumps({"type": "request", "id": "r2", "payload": {
-            "kind": "execute", "code": "1", "kernel_name": "bash"}}))
-        refused = json.loads(await conn.read_message())  # type: ignore[arg-type]
-        assert refused["error"]["status"] == 403
-    finally:
-        conn.close()
+    events, response, refused = await ws_streaming_run(jp_http_port, jp_base_url, kernel_id,
+                                                       refused_kernel_name="bash")
+    check_streamed_run(events, response, refused)
+    assert response["payload"]["kernel_id"] == kernel_id
 
 
 # -- jobs --------------------------------------------------------------------------------------

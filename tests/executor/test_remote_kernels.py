@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 from cloudide_testing import MultiUserIdentity, auth
+from execute_client import check_streamed_run, ok, run, text_of, ws_streaming_run
 from jupyter_server.gateway.gateway_client import GatewayClient
 from services import KernelGateway
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
-from tornado.websocket import websocket_connect
+from tornado.httpclient import AsyncHTTPClient
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -62,21 +62,7 @@ def remote_kernels_shut_down(jp_serverapp: Any, jp_asyncio_loop: Any) -> Iterato
     GatewayClient.clear_instance()
 
 
-async def run(jp_fetch: Any, body: dict[str, Any], user: str = "alice") -> Any:
-    return await jp_fetch("cloudide", "api", "execute", method="POST", body=json.dumps(body),
-                          headers=auth(user), raise_error=False, request_timeout=120)
 
-
-async def ok(jp_fetch: Any, body: dict[str, Any]) -> dict[str, Any]:
-    response = await run(jp_fetch, body)
-    assert response.code == 200, response.body
-    result: dict[str, Any] = json.loads(response.body)
-    return result
-
-
-def text_of(result: dict[str, Any], name: str = "stdout") -> str:
-    return "".join(o["text"] for o in result["outputs"]
-                   if o["output_type"] == "stream" and o["name"] == name)
 
 
 async def gateway_kernels(gateway: KernelGateway) -> dict[str, str]:
@@ -246,29 +232,8 @@ async def test_kernelspec_outside_the_allowlist_is_refused(
 async def test_ws_execute_streams_outputs_then_result(jp_fetch: Any, jp_http_port: int,
                                                       jp_base_url: str,
                                                       kernel_id: str) -> None:
-    url = f"ws://127.0.0.1:{jp_http_port}{jp_base_url}cloudide/api/ws"
-    conn = await websocket_connect(HTTPRequest(url, headers=auth("alice")))
-    try:
-        assert json.loads(await conn.read_message())["type"] == "welcome"  # type: ignore[arg-type]
-        code = "import time\nfor i in range(3):\n    print(i, flush=True); time.sleep(0.1)\n'done'"
-        await conn.write_message(json.dumps({"type": "request", "id": "r1", "payload": {
-            "kind": "execute", "code": code, "kernel_id": kernel_id}}))
-        events, response = [], None
-        while response is None:
-            frame = json.loads(await conn.read_message())  # type: ignore[arg-type]
-            if frame["type"] == "event":
-                events.append(frame)
-            elif frame["type"] == "response":
-                response = frame
-        assert [e["payload"]["kind"] for e in events] == ["execute.output"] * len(events)
-        assert "".join(e["payload"]["output"].get("text", "") for e in events) == "0\n1\n2\n"
-        assert response["payload"]["status"] == "ok"
-        assert response["payload"]["kernel_id"] == kernel_id
-        assert response["payload"]["outputs"][-1]["data"]["text/plain"] == "'done'"
-        await conn.write_message(json.dumps({"type": "request", "id": "r2", "payload": {
-            "kind": "execute", "code": "1", "kernel_name": "other-python"}}))
-        refused = json.loads(await conn.read_message())  # type: ignore[arg-type]
-        assert refused["error"]["status"] == 403
-    finally:
-        conn.close()
+    events, response, refused = await ws_streaming_run(jp_http_port, jp_base_url, kernel_id,
+                                                       refused_kernel_name="other-python")
+    check_streamed_run(events, response, refused)
+    assert response["payload"]["kernel_id"] == kernel_id
 

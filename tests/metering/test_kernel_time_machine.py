@@ -285,7 +285,8 @@ class MeterMachine(RuleBasedStateMachine):
                 e = datetime.fromisoformat(r.extra["end"])
                 inside = any(ls <= s and e <= le for ls, le in life)
                 assert inside or (open_since is not None and open_since <= s), (kid, s, e)
-            up_ms = m.lifetime_ms + (m.last - m.seg_start if m.alive and m.seg_start else 0)
+            up_ms = m.lifetime_ms + (
+                m.last - m.seg_start if m.alive and m.seg_start is not None else 0)
             assert sum(r.quantity for r in busy) <= up_ms / 1000 + EPS
 
     def teardown(self) -> None:
