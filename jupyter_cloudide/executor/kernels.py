@@ -123,6 +123,8 @@ class KernelHandle:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiting: int = 0
     client: Any = None
+    #: the kernelspec, once read (it never changes for a kernel id, restarts included)
+    kernel_name: str | None = None
 
     async def connected_client(self, km: Any, ready_timeout: float) -> Any:
         """A started client for the kernel, created once and reused (saves ~ms per run)."""
@@ -190,12 +192,18 @@ class KernelDirectory:
             km = self.kernel_manager.get_kernel(kernel_id)
         except KeyError:
             raise NotFoundError(f"kernel {kernel_id} not found") from None
+        cached = self._handles.get(kernel_id)
+        if cached is not None and cached.kernel_name is not None:
+            return cached.kernel_name  # a gateway's kernel_model is an HTTP round trip
         model: Any = None
         kernel_model = getattr(self.kernel_manager, "kernel_model", None)
         if kernel_model is not None:
             model = await ensure_async(kernel_model(kernel_id))
         name = model.get("name") if isinstance(model, dict) else None
-        return str(name or getattr(km, "kernel_name", "") or "")
+        resolved = str(name or getattr(km, "kernel_name", "") or "")
+        if resolved:
+            self.handle(kernel_id).kernel_name = resolved
+        return resolved
 
     async def existing(self, kernel_id: str) -> str:
         """An existing kernel of the server, if its kernelspec is allowed."""

@@ -289,11 +289,12 @@ async def test_restart_is_not_billed_twice_and_rows_reach_the_ledger(
         assert_no_overlap(lifetime)
         spans = sorted(span(r) for r in lifetime)
         first_start, last_end = spans[0][0], spans[-1][1]
-        # contiguous: a restart closes one segment and opens the next at the same instant
-        assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))
-        assert sum(r.quantity for r in lifetime) == pytest.approx(
-            (last_end - first_start).total_seconds()
-        )
+        # A restart closes one segment and opens the next at the same instant; if the liveness
+        # poll catches the process down mid-restart, that short dead gap is left unbilled.
+        gaps = [(b[0] - a[1]).total_seconds() for a, b in itertools.pairwise(spans)]
+        assert all(0 <= g < 30 for g in gaps), gaps
+        billed = sum(r.quantity for r in lifetime)
+        assert billed == pytest.approx((last_end - first_start).total_seconds() - sum(gaps))
         busy = of(rows, kid, KIND_BUSY)
         assert sum(r.quantity for r in busy) >= 1.0  # two 0.6 s sleeps, with slack for jitter
         totals = await store.call("usage_totals", "tester")
