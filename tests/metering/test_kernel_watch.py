@@ -246,10 +246,13 @@ async def test_sigkill_mid_execution_closes_busy_at_death(jp_serverapp: Any) -> 
         await until(lambda: kid not in watcher.watched(), what="shutdown seen")
         await watcher.flush()
         lifetime = of(rows, kid, KIND_LIFETIME)
-        assert len(lifetime) == 2
+        # before the kill, and after the autorestart (a liveness poll catching the restart
+        # half-done may split the second one; never an overlap)
+        assert len(lifetime) >= 2
         assert_no_overlap(lifetime)
         assert_no_overlap(of(rows, kid, KIND_BUSY))
-        assert span(lifetime[0])[1] <= span(lifetime[1])[0]  # the dead gap is not billed
+        ordered = sorted(span(r) for r in lifetime)
+        assert ordered[0][1] <= ordered[1][0]  # the dead gap is not billed
         totals = meter.totals(kid)
         assert totals is not None and totals.busy_s <= totals.lifetime_s
 
