@@ -227,6 +227,12 @@ class Executor:
             result.restarted = True
         if result.restarted or result.status == "dead":
             handle.reset_client()
+        if result.restarted:
+            # Hold the kernel's queue until it answers again, so the next run starts on a
+            # settled kernel rather than racing the restart.
+            with contextlib.suppress(Exception):
+                await handle.connected_client(manager.get_kernel(kernel_id),
+                                              self.settings.ready_timeout_s)
         if run.reply is not None:
             reply_status = run.reply.get("status")
             if result.status == "ok" and reply_status in ("error", "aborted"):

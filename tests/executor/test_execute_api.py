@@ -126,6 +126,10 @@ async def test_interrupt_that_does_not_take_restarts(jp_fetch: Any, kernel_id: s
     assert result["status"] == "timeout"
     assert result["restarted"] is True
     after = await ok(jp_fetch, {"code": "'signal' in dir()", "kernel_id": kernel_id})
+    if after["status"] == "dead":
+        # jupyter_client's restarter may have caught the process down mid-restart and
+        # restarted it once more under this run: reported honestly as dead; the next works.
+        after = await ok(jp_fetch, {"code": "'signal' in dir()", "kernel_id": kernel_id})
     assert after["status"] == "ok"
     assert after["outputs"][-1]["data"]["text/plain"] == "False"  # a fresh kernel
 

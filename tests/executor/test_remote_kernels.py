@@ -178,6 +178,8 @@ async def test_interrupt_that_does_not_take_restarts_through_the_gateway(
     assert result["status"] == "timeout"
     assert result["restarted"] is True
     after = await ok(jp_fetch, {"code": "'signal' in dir()", "kernel_id": kernel_id})
+    if after["status"] == "dead":  # a late restart announcement; see the local twin test
+        after = await ok(jp_fetch, {"code": "'signal' in dir()", "kernel_id": kernel_id})
     assert after["status"] == "ok", after
     assert after["outputs"][-1]["data"]["text/plain"] == "False"  # a fresh kernel process
     assert kernel_id in await gateway_kernels(kernel_gateway)  # restarted, same id
