@@ -162,7 +162,7 @@ async def test_input_answered_from_stdin(jp_fetch: Any, kernel_id: str) -> None:
 async def test_infinite_loop_times_out_and_is_interrupted_through_the_gateway(
         jp_fetch: Any, kernel_id: str) -> None:
     result = await ok(jp_fetch, {"code": "x = 1\nwhile True: pass", "kernel_id": kernel_id,
-                                 "timeout_s": 1})
+                                 "timeout_s": 2})
     assert result["status"] == "timeout", result
     assert result["restarted"] is False  # the gateway's interrupt took
     assert result["outputs"][-1]["ename"] == "KeyboardInterrupt"
