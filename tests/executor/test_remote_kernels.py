@@ -177,9 +177,11 @@ async def test_interrupt_that_does_not_take_restarts_through_the_gateway(
     result = await ok(jp_fetch, {"code": code, "kernel_id": kernel_id, "timeout_s": 3})
     assert result["status"] == "timeout"
     assert result["restarted"] is True
-    after = await ok(jp_fetch, {"code": "'signal' in dir()", "kernel_id": kernel_id})
-    if after["status"] == "dead":  # a late restart announcement; see the local twin test
-        after = await ok(jp_fetch, {"code": "'signal' in dir()", "kernel_id": kernel_id})
+    for _ in range(4):  # a late restart announcement may end one run; see the local twin
+        after = await ok(jp_fetch, {"code": "'signal' in dir()", "kernel_id": kernel_id,
+                                    "timeout_s": 15})
+        if after["status"] == "ok":
+            break
     assert after["status"] == "ok", after
     assert after["outputs"][-1]["data"]["text/plain"] == "False"  # a fresh kernel process
     assert kernel_id in await gateway_kernels(kernel_gateway)  # restarted, same id

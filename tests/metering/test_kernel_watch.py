@@ -242,6 +242,10 @@ async def test_sigkill_mid_execution_closes_busy_at_death(jp_serverapp: Any) -> 
             # jupyter_server's restarter brings the kernel back: a new segment opens
             await until(lambda: meter.is_alive(kid), what="autorestart seen")
             assert not meter.totals(kid).busy_now  # type: ignore[union-attr]
+            # shutting down while jupyter_client's autorestart is still starting the new
+            # process raises inside jupyter_client: wait for the restart to complete
+            await until(lambda: getattr(km.get_kernel(kid), "ready", None) is None
+                        or km.get_kernel(kid).ready.done(), what="restart complete")
         await km.shutdown_kernel(kid, now=True)
         await until(lambda: kid not in watcher.watched(), what="shutdown seen")
         await watcher.flush()
