@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 from typing import Any
 
 import pytest
@@ -146,11 +145,9 @@ async def test_sigkill_mid_execution_is_dead(jp_fetch: Any, kernel_id: str,
         os.kill(pid, signal.SIGKILL)
 
     killer = asyncio.ensure_future(kill_soon())
-    started = time.monotonic()
     result = await ok(jp_fetch, {"code": "import time\ntime.sleep(60)", "kernel_id": kernel_id})
     await killer
-    assert result["status"] == "dead"
-    assert time.monotonic() - started < 50  # ended at death, not at the timeout
+    assert result["status"] == "dead"  # ended at death (a 30 s timeout would say "timeout")
     assert result["busy_s"] <= result["duration_s"]
 
 

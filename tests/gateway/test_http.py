@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from typing import Any
 
 import pytest
@@ -338,11 +337,10 @@ class TestRedisDownFailsClosed:
         jp_serverapp.web_app.add_handlers(
             ".*$", [(f"{jp_base_url}cloudide/api/probe", LimitedProbeHandler,
                      {"name": "jupyter_cloudide"})])
-        started = time.monotonic()
-        response = await fetch(jp_fetch, "cloudide/api/probe")
+        # a hang (no socket timeout towards Redis) fails here instead of stalling the suite
+        response = await asyncio.wait_for(fetch(jp_fetch, "cloudide/api/probe"), 30)
         assert response.code == 503
         assert body_of(response)["code"] == "unavailable"
-        assert time.monotonic() - started < 15  # no hang
         health = body_of(await fetch(jp_fetch, "cloudide/api/health"))
         assert health["components"]["rate_limiter"]["state"] == "error"
         assert health["status"] == "degraded"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -501,12 +500,11 @@ async def test_redis_down_raises_unavailable_quickly() -> None:
     url = f"redis://127.0.0.1:{_closed_port()}/0"
     limiter = RedisRateLimiter(url, {"chat": Limit(requests_per_minute=1, tokens_per_minute=10)})
     try:
-        started = time.monotonic()
+        # bounded: a limiter that retried with backoff would hang requests while Redis is down
         with pytest.raises(RateLimiterUnavailable):
-            await limiter.check("u", "chat")
+            await asyncio.wait_for(limiter.check("u", "chat"), 10)
         with pytest.raises(RateLimiterUnavailable):
-            await limiter.charge_tokens("u", "chat", 5)
-        assert time.monotonic() - started < 3
+            await asyncio.wait_for(limiter.charge_tokens("u", "chat", 5), 10)
         # unlimited classes never touch redis
         assert (await limiter.check("u", "search")).allowed
     finally:
@@ -526,10 +524,8 @@ async def test_redis_unresponsive_times_out() -> None:
             socket_timeout=0.2,
         )
         try:
-            started = time.monotonic()
             with pytest.raises(RateLimiterUnavailable):
-                await limiter.check("u", "chat")
-            assert time.monotonic() - started < 3
+                await asyncio.wait_for(limiter.check("u", "chat"), 10)
         finally:
             await limiter.close()
 
