@@ -90,6 +90,15 @@ def _find_bindir() -> Path | None:
     return None
 
 
+def _reap(proc: subprocess.Popen[bytes], *, timeout: float) -> None:
+    """Wait for a service that was asked to stop; kill it if it does not within ``timeout``."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def free_port() -> int:
     """A TCP port on loopback that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -203,11 +212,7 @@ def postgres_server() -> Iterator[PostgresServer]:
                 capture_output=True,
                 timeout=60,
             )
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _reap(proc, timeout=30)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -282,11 +287,7 @@ def redis_server() -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _reap(proc, timeout=10)
 
 
 @pytest.fixture
@@ -385,11 +386,7 @@ def kernel_gateway() -> Iterator[KernelGateway]:
     finally:
         if proc is not None and proc.poll() is None:
             proc.terminate()  # the gateway shuts its kernels down on SIGTERM
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _reap(proc, timeout=20)
         shutil.rmtree(root, ignore_errors=True)
 
 

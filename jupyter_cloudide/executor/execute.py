@@ -299,24 +299,15 @@ class Executor:
     @staticmethod
     async def _pump_iopub(client: Any, run: _Run) -> None:
         while run.idle_at is None:
-            try:
-                msg = await client.get_iopub_msg(timeout=1)
-            except Exception as exc:  # queue.Empty on timeout
-                if type(exc).__name__ == "Empty":
-                    continue
-                raise
-            run.on_iopub(msg)
+            msg = await _next_msg(client.get_iopub_msg)
+            if msg is not None:
+                run.on_iopub(msg)
 
     @staticmethod
     async def _pump_shell(client: Any, run: _Run) -> None:
         while run.reply is None:
-            try:
-                msg = await client.get_shell_msg(timeout=1)
-            except Exception as exc:
-                if type(exc).__name__ == "Empty":
-                    continue
-                raise
-            if msg.get("parent_header", {}).get("msg_id") == run.msg_id:
+            msg = await _next_msg(client.get_shell_msg)
+            if msg is not None and msg.get("parent_header", {}).get("msg_id") == run.msg_id:
                 run.reply = msg.get("content", {})
                 run.reply_at = time.monotonic()
                 run._check_done()
@@ -324,13 +315,8 @@ class Executor:
     async def _pump_stdin(self, client: Any, km: Any, run: _Run) -> None:
         """Answer ``input()`` from the request's stdin lines; past them, interrupt (refuse)."""
         while not run.done:
-            try:
-                msg = await client.get_stdin_msg(timeout=1)
-            except Exception as exc:
-                if type(exc).__name__ == "Empty":
-                    continue
-                raise
-            if msg.get("parent_header", {}).get("msg_id") != run.msg_id:
+            msg = await _next_msg(client.get_stdin_msg)
+            if msg is None or msg.get("parent_header", {}).get("msg_id") != run.msg_id:
                 continue
             if msg["header"]["msg_type"] != "input_request":
                 continue
@@ -339,6 +325,20 @@ class Executor:
             else:
                 run.input_refused = True
                 await self._interrupt(km)
+
+
+async def _next_msg(get: Callable[..., Any]) -> JsonDict | None:
+    """The next message of a client channel, or None when a second passed without one.
+
+    Channels signal a timeout with ``queue.Empty`` (ZMQ clients) or their own ``Empty``
+    (websocket-backed gateway clients): matched by name so both count."""
+    try:
+        msg: JsonDict = await get(timeout=1)
+    except Exception as exc:
+        if type(exc).__name__ == "Empty":
+            return None
+        raise
+    return msg
 
 
 def _send_input(client: Any, value: str) -> None:
