@@ -77,7 +77,8 @@ def ms(ns: float) -> float:
 # servers
 
 
-def start_server(fleet: Fleet, name: str, pool_size: int) -> tuple[Proc, Path]:
+def start_server(fleet: Fleet, name: str, pool_size: int,
+                 server_args: list[str] | None = None) -> tuple[Proc, Path]:
     """``jupyter server`` with jupyter_cloudide; returns it and its runtime dir."""
     tmp = fleet.mkdtemp(f"bench-ex-{name}-")
     for sub in ("root", "data", "runtime"):
@@ -90,6 +91,7 @@ def start_server(fleet: Fleet, name: str, pool_size: int) -> tuple[Proc, Path]:
     extra = [
         f"--CloudIDEApp.warm_pool_size={pool_size}",
         f"--CloudIDEApp.rate_limits={RATE_LIMITS}",
+        *(server_args or []),
     ]
     return fleet.spawn_jupyter(name, tmp, env, extra=extra), tmp / "runtime"
 
@@ -379,8 +381,8 @@ def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
     t0 = time.perf_counter()
-    warm, warm_runtime = start_server(fleet, "warm", pool_size=1)
-    cold, _ = start_server(fleet, "cold", pool_size=0)
+    warm, warm_runtime = start_server(fleet, "warm", pool_size=1, server_args=args.server_arg)
+    cold, _ = start_server(fleet, "cold", pool_size=0, server_args=args.server_arg)
     wait_until(warm, "server ready", server_ready)
     wait_until(cold, "server ready", server_ready)
     wait_until(warm, "pool ready", pool_ready, timeout=60)
@@ -440,6 +442,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="seconds of quiet before the round trips and each first execution")
     p.add_argument("--max-runtime", type=int, default=240, help="hard limit, seconds")
     p.add_argument("--quick", action="store_true", help="small counts (smoke test)")
+    p.add_argument("--server-arg", action="append", default=[],
+                   help="extra jupyter server argument, e.g. "
+                        "--server-arg=--CloudIDEApp.kernel_metering=False (repeatable)")
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.block, args.warmup, args.samples, args.settle = 100, 25, 10, 2, 0.5
@@ -456,6 +461,7 @@ def header(args: argparse.Namespace) -> dict[str, Any]:
         ),
         "params": {"n": args.n, "block": args.block, "warmup": args.warmup,
                    "samples": args.samples, "settle_s": args.settle, "code": CODE,
+                   "server_args": args.server_arg,
                    "cpus": os.cpu_count()},
     }
 

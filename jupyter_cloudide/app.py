@@ -252,6 +252,12 @@ class CloudIDEApp(ExtensionApp):
         help="""Meter busy and lifetime seconds of every kernel of the server (not only the
         executor's) into the usage ledger, Prometheus and jupyter_events.""",
     )
+    kernel_metering_write_delay = Float(
+        1.0, config=True,
+        help="""Seconds kernel-time rows are gathered before one ledger write. Higher means
+        fewer database transactions on a busy server; rows still in memory at a crash are
+        lost (a clean shutdown writes them).""",
+    )
     usage_owner = Unicode(
         config=True,
         help="""Who kernel time is billed to. Default: the hub user (JUPYTERHUB_USER) on
@@ -440,6 +446,7 @@ class CloudIDEApp(ExtensionApp):
         self._watcher = KernelWatcher(
             self.server.kernel_manager, self._meter, owner=self.usage_owner,
             on_rows=self._write_usage, event_logger=self.event_logger,
+            write_delay_s=self.kernel_metering_write_delay,
         )
         await self._watcher.start()
 

@@ -4,9 +4,13 @@ Every kernel is metered, not only the executor's: users' notebook kernels cost t
 machine time. Kernels are found two ways, because neither is enough alone: jupyter_server's
 ``kernel_actions`` events (immediate, but only for kernels started after we subscribed and
 only from managers that emit them) and a periodic scan of ``list_kernel_ids()``. Each kernel
-gets its own iopub-only client (the generic ``km.client()`` API, so remote kernels through
-jupyter_server's GatewayKernelManager work unchanged) whose ``status`` messages are fed to the
-meter. Death is detected three ways (restart callbacks of local kernels, ``is_alive()`` polls,
+gets its own iopub subscription whose ``status`` messages are fed to the meter: for kernels
+with ZMQ sockets (local, or remote through a provisioner) a raw socket read by a ZMQStream
+callback that decodes only the header of the messages it drops (the same light read as
+jupyter_server's own activity tracker: a full decode of every output would cost a busy server
+more than the rest of the execute path); for remote kernels through jupyter_server's
+GatewayKernelManager, the generic ``km.client()`` API.
+Death is detected three ways (restart callbacks of local kernels, ``is_alive()`` polls,
 the kernel disappearing from the manager); a kernel that comes back (autorestart) opens a new
 lifetime segment.
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import queue
 import time
@@ -29,6 +34,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+from zmq.eventloop.zmqstream import ZMQStream
 
 from ..storage.db import UsageEventIn
 from . import events as cloudide_events
@@ -107,6 +117,7 @@ class KernelWatcher:
         liveness_interval_s: float = 1.0,
         clock: Callable[[], datetime] = _utcnow,
         max_pending_rows: int = MAX_PENDING_ROWS,
+        write_delay_s: float = 1.0,
     ) -> None:
         """Nothing runs until :meth:`start`.
 
@@ -114,6 +125,9 @@ class KernelWatcher:
         re-attribute its kernels with ``meter.attribute``). ``liveness_interval_s`` bounds
         how late a death is noticed, and how often ``is_alive()`` is polled per kernel (an
         HTTP round trip for gateway kernels). ``clock`` returns tz-aware UTC wall time.
+        ``write_delay_s`` gathers the rows of that long into one ``on_rows`` call: a kernel
+        running many short cells makes a row per cell, and one ledger transaction per row
+        would cost the server more CPU than the cells (:meth:`flush` does not wait for it).
         """
         if not owner:
             raise ValueError("owner is required")
@@ -127,6 +141,8 @@ class KernelWatcher:
         self.liveness_interval_s = max(0.05, float(liveness_interval_s))
         self._clock = clock
         self._max_pending = max(1, int(max_pending_rows))
+        self.write_delay_s = max(0.0, float(write_delay_s))
+        self._flush_now = asyncio.Event()
         self._taps: dict[str, _Tap] = {}
         self._pending: deque[UsageEventIn] = deque()
         self._wakeup = asyncio.Event()
@@ -194,6 +210,7 @@ class KernelWatcher:
     async def flush(self) -> None:
         """Wait until every row produced so far was handed to ``on_rows`` (or dropped)."""
         while self._pending or not self._idle.is_set():
+            self._flush_now.set()
             self._wakeup.set()
             await asyncio.sleep(0.01)
 
@@ -305,6 +322,9 @@ class KernelWatcher:
                     self._untrack(tap.kernel_id, self._clock(), "gone", cancel=False)
                     return
                 self._hook_restarts(tap, km)
+                if not _is_gateway(km):
+                    await self._pump_stream(tap, km)
+                    continue
                 client = await self._connect(km)
                 tap.client = client
                 try:
@@ -400,6 +420,33 @@ class KernelWatcher:
             if closed:
                 await asyncio.sleep(self.liveness_interval_s)
                 return
+
+    async def _pump_stream(self, tap: _Tap, km: Any) -> None:
+        """ZMQ kernels: a callback reads iopub while this loop polls liveness."""
+        stream = _as_stream(km.connect_iopub())
+        session = Session(config=km.session.config, key=km.session.key)
+        stream.on_recv(lambda frames: self._on_frames(tap, session, frames))
+        try:
+            while not tap.recycle:
+                await asyncio.sleep(self.liveness_interval_s)
+                await self._check_liveness(tap, km)
+            tap.recycle = False
+        finally:
+            stream.on_recv(None)
+            stream.close(linger=0)
+
+    def _on_frames(self, tap: _Tap, session: Session, frames: list[bytes]) -> None:
+        """One raw iopub message: only ``status`` ones are decoded and signature-checked."""
+        try:
+            _, fed = session.feed_identities(frames, copy=True)
+            if json.loads(bytes(fed[1])).get("msg_type") != "status":
+                return
+            msg = session.deserialize(fed, content=True, copy=True)
+        except Exception:
+            log.debug("kernel usage: undecodable iopub message of %s", tap.kernel_id,
+                      exc_info=True)
+            return
+        self._on_iopub(tap, msg)
 
     async def _check_liveness(self, tap: _Tap, km: Any) -> None:
         if tap.kernel_id not in self.kernel_manager:
@@ -522,6 +569,10 @@ class KernelWatcher:
                 await self._wakeup.wait()
                 continue
             self._idle.clear()
+            if self.write_delay_s and not self._flush_now.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._flush_now.wait(), self.write_delay_s)
+            self._flush_now.clear()
             batch = list(self._pending)
             self._pending.clear()
             try:
@@ -555,3 +606,22 @@ class KernelWatcher:
                 await self.checkpoint()
             except Exception:
                 log.exception("kernel usage: checkpoint failed")
+
+
+def _as_stream(socket: Any) -> ZMQStream:
+    """jupyter_client's IOLoop managers (the server's) return ZMQStreams already; plain ones
+    return sockets, asyncio ones when their context is asyncio (ZMQStream wants a plain one)."""
+    if isinstance(socket, ZMQStream):
+        return socket
+    if isinstance(socket, zmq.asyncio.Socket):
+        socket = zmq.Socket(shadow=socket.underlying)
+    return ZMQStream(socket)
+
+
+def _is_gateway(km: Any) -> bool:
+    """A kernel behind jupyter_server's GatewayClient: its channels are a WebSocket, not ZMQ."""
+    try:
+        from jupyter_server.gateway.managers import GatewayKernelManager
+    except ImportError:  # pragma: no cover - jupyter_server always ships it
+        return False
+    return isinstance(km, GatewayKernelManager)
