@@ -439,7 +439,9 @@ class KernelWatcher:
         """One raw iopub message: only ``status`` ones are decoded and signature-checked."""
         try:
             _, fed = session.feed_identities(frames, copy=True)
-            if json.loads(bytes(fed[1])).get("msg_type") != "status":
+            header = fed[1]  # copy=True: bytes
+            if json.loads(header if isinstance(header, bytes) else header.bytes).get(
+                    "msg_type") != "status":
                 return
             msg = session.deserialize(fed, content=True, copy=True)
         except Exception:
