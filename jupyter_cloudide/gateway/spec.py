@@ -45,7 +45,36 @@ def _registry() -> Registry[Any]:
 
 @functools.cache
 def _validator(pointer: str) -> Draft202012Validator:
-    return Draft202012Validator({"$ref": f"{SPEC_URI}#{pointer}"}, registry=_registry())
+    """A validator of the schema at ``pointer``, its local ``$ref``s inlined: resolving them
+    through the registry on every request cost more than the rest of the validation. A
+    recursive schema keeps its references."""
+    try:
+        return Draft202012Validator(_inline({"$ref": f"#{pointer}"}, ()))
+    except _Recursive:
+        return Draft202012Validator({"$ref": f"{SPEC_URI}#{pointer}"}, registry=_registry())
+
+
+class _Recursive(Exception):
+    """A schema refers to itself: it cannot be inlined."""
+
+
+def _inline(node: Any, seen: tuple[str, ...]) -> Any:
+    if isinstance(node, list):
+        return [_inline(item, seen) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if not (isinstance(ref, str) and ref.startswith("#/")):
+        return {key: _inline(value, seen) for key, value in node.items()}
+    if ref in seen:
+        raise _Recursive(ref)
+    target: Any = load_spec()
+    for part in ref[2:].split("/"):
+        target = target[part.replace("~1", "/").replace("~0", "~")]
+    resolved = _inline(target, (*seen, ref))
+    siblings = {key: _inline(value, seen) for key, value in node.items() if key != "$ref"}
+    # 2020-12: keywords next to $ref apply too
+    return {"allOf": [resolved, siblings]} if siblings else resolved
 
 
 @functools.cache
