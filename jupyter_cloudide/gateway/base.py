@@ -109,6 +109,12 @@ class CloudIDEHandler(ExtensionHandlerMixin, APIHandler):
             spec.validate_schema(body, pointer)
         return body
 
+    def optional_json_body(self) -> dict[str, Any]:
+        """:meth:`json_body`, or ``{}`` when the request has no body at all."""
+        if not self._received and not self._too_large:
+            return {}
+        return self.json_body()
+
     async def rate_limit(self, route_class: str, tokens: int = 0) -> None:
         """Charge one request (and a token estimate) to the caller; 429 when over the limit."""
         decision = await self.cloudide.check_rate_limit(self.username, route_class, tokens)

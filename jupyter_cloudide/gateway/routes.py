@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import websocket
-from .handlers import conversations, execute, health
+from .handlers import conversations, execute, health, search
 
-ROUTE_MODULES = (health, conversations, execute, websocket)
+ROUTE_MODULES = (health, conversations, execute, search, websocket)
 
 
 def all_handlers() -> list[tuple[str, Any]]:
