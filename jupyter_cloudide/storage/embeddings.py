@@ -23,6 +23,7 @@ server start-up. All methods block: callers run them in a worker thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import warnings
@@ -101,6 +102,10 @@ class LocalEmbedder:
                     "the embedded model needs sentence-transformers and torch (CPU build: "
                     "see the README)") from exc
             path = self.model_path or _packaged_model_path()
+            with contextlib.suppress(Exception):  # no "Loading weights" bar in server logs
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
             if self.threads:
                 torch.set_num_threads(self.threads)
             model = SentenceTransformer(path, device="cpu", local_files_only=True)

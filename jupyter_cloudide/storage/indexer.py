@@ -278,7 +278,7 @@ class IndexService:
             await asyncio.sleep(self.settings.scan_interval_s)
             for ui in list(self._users.values()):
                 ui.job.scan = True
-                ui.wake.set()
+                self._queued(ui)  # not just wake: wait_idle must see the pass coming
 
     async def _worker(self, ui: UserIndex) -> None:
         while not self._closed:

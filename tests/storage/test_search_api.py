@@ -85,7 +85,8 @@ async def test_index_status_and_rebuild(cloudide: Any, jp_fetch: Any, workspace:
     again = await cloudide.index_service().wait_idle("alice", timeout=180)
     assert again["files"] == 2 and again["last_pass"]["chunks_embedded"] == again["chunks"]
     empty_body = await jp_fetch("cloudide", "api", "index", method="POST", body="",
-                                headers=auth("alice"), raise_error=False, allow_nonstandard_methods=True)
+                                headers=auth("alice"), raise_error=False,
+                                allow_nonstandard_methods=True)
     assert empty_body.code == 202
 
 
