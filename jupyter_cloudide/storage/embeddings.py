@@ -105,7 +105,7 @@ class LocalEmbedder:
             with contextlib.suppress(Exception):  # no "Loading weights" bar in server logs
                 from transformers.utils import logging as hf_logging
 
-                hf_logging.disable_progress_bar()
+                hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
             if self.threads:
                 torch.set_num_threads(self.threads)
             model = SentenceTransformer(path, device="cpu", local_files_only=True)

@@ -89,7 +89,7 @@ DEFAULT_DENY: tuple[str, ...] = (
     "*.db-shm",
     "*.mdb",
     "*.accdb",
-    # noise: never source, often huge ("." also covers a worktree's ".git" file)
+    # noise: never source, often huge (".git" without "/" also covers a worktree's .git file)
     ".git",
     "node_modules/",
     "__pycache__/",
@@ -122,8 +122,11 @@ _ANY_DIR_PREFIX = "^(?:.+/)?"
 class WorkspaceRules:
     """What may be indexed; defaults match a stock Jupyter server.
 
-    ``should_list`` is meant to be ``ContentsManager.should_list`` so the user's ``hide_globs``
-    apply; ``max_files`` bounds the work (and the index size) on an unexpectedly huge root.
+    ``allow_hidden`` and ``should_list`` are meant to be the ``ContentsManager``'s, so that the
+    index never holds what the file browser hides. ``extra_ignore`` (from configuration) applies
+    even with ``use_gitignore=False`` and a ``.gitignore`` cannot negate it; it is reported as
+    ``gitignored``. ``deny`` beats every other rule. ``max_files`` bounds the work (and the index
+    size) on an unexpectedly huge root.
     """
 
     max_file_bytes: int = 1_000_000
@@ -146,7 +149,12 @@ class FileEntry:
 
 @dataclass
 class ScanResult:
-    """The indexable files plus why the others were left out (shown to the user as counts)."""
+    """The indexable files plus why the others were left out (shown to the user as counts).
+
+    Besides the reasons of the rules, ``skipped`` may count ``symlink_dir`` (never followed)
+    and ``invalid`` (a name with a backslash or undecodable bytes, which no API path can carry).
+    Fifos, sockets and devices are not counted: they are not files anyone meant to index.
+    """
 
     files: list[FileEntry]
     skipped: dict[str, int]
@@ -421,7 +429,7 @@ def scan(root_dir: str, rules: WorkspaceRules) -> ScanResult:
     anything removed mid-scan is silently dropped: the root is a live, shared file system.
     A missing root raises, because that is a configuration error the caller must see.
     """
-    if not os.path.isdir(root_dir):
+    if not stat.S_ISDIR(os.stat(root_dir).st_mode):  # FileNotFoundError when missing
         raise NotADirectoryError(errno.ENOTDIR, "workspace root is not a directory", root_dir)
     compiled = _Rules(root_dir, rules)
     files: list[FileEntry] = []
@@ -572,8 +580,12 @@ def looks_binary(head: bytes) -> bool:
 
 
 def decode_text(data: bytes) -> str | None:
-    """The text to index, or None: only UTF-8 is accepted, guessing other codecs mangles code."""
-    if looks_binary(data[:_SNIFF_BYTES]):
+    """The text to index, or None: only UTF-8 is accepted, guessing other codecs mangles code.
+
+    A NUL anywhere (not only in the sniffed head) rejects the file too: no text store (nor
+    PostgreSQL's ``text``) accepts it, and no source file contains one.
+    """
+    if looks_binary(data[:_SNIFF_BYTES]) or b"\x00" in data:
         return None
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
