@@ -681,8 +681,8 @@ class CloudIDEApp(ExtensionApp):
     def _index_state(self) -> dict[str, Any]:
         if not self.index_enabled:
             return {"state": "disabled"}
-        if self._index is None:
-            return {"state": "starting"}
+        if self._index is None:  # built after index_start_delay, or on first use
+            return {"state": "ok", "owner": {"state": "not_started"}}
         owner = os.environ.get("JUPYTERHUB_USER") or self._owner_name
         return {"state": "ok", "owner": self._index.status(owner)}
 

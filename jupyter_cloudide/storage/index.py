@@ -194,8 +194,9 @@ def embedding_key(text: str) -> str:
 
 def _lancedb() -> Any:
     """lancedb, imported on first use (it is heavy), with its Rust log kept to errors: it warns
-    on stderr when a table is created, which is every first start."""
-    os.environ.setdefault("LANCE_LOG", "error")
+    on stderr when a table is created, which is every first start. Its variable is
+    ``LANCEDB_LOG`` (``LANCE_LOG`` is pylance's, which lancedb does not read)."""
+    os.environ.setdefault("LANCEDB_LOG", "error")
     import lancedb
 
     return lancedb

@@ -28,6 +28,9 @@ SAMPLES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "execute": ("POST", "cloudide/api/execute", {"code": "1", "kernel_id": MISSING_ID}),
     "getJob": ("GET", f"cloudide/api/execute/{'0' * 32}", None),
     "cancelJob": ("DELETE", f"cloudide/api/execute/{'0' * 32}", None),
+    "getIndex": ("GET", "cloudide/api/index", None),
+    "rebuildIndex": ("POST", "cloudide/api/index", {}),
+    "search": ("POST", "cloudide/api/search", {"query": "x", "mode": "text"}),
 }
 #: operations whose sample names something that does not exist: authorized means 404
 MISSING_TARGET = {"getConversation", "execute", "getJob", "cancelJob"}
