@@ -333,6 +333,17 @@ class CloudIDEApp(ExtensionApp):
         0, config=True,
         help="`local` embedder: torch threads (0: torch's default, all cores).",
     )
+    index_embedder_process = Bool(
+        True, config=True,
+        help="""`local` embedder: run the model in a child process that exits when idle
+        (torch and the model take ~650 MB; on a hub that should not stay in every user's
+        server). False loads it into the server process and keeps it.""",
+    )
+    index_embedder_idle_timeout = Float(
+        1800.0, config=True,
+        help="""Seconds without embedding work after which the embedder's child process
+        exits (the next save or search starts it again, ~3 s). 0: never.""",
+    )
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -645,9 +656,14 @@ class CloudIDEApp(ExtensionApp):
                 base_url=self.index_embedding_base_url or os.environ.get("OPENAI_BASE_URL"),
                 api_key=self.index_embedding_api_key or os.environ.get("OPENAI_API_KEY"),
             )
-        return LocalEmbedder(model_path=self.index_embedding_model or None,
-                             max_tokens=self.index_max_tokens, quantize=self.index_quantize,
-                             threads=self.index_threads or None)
+        local = LocalEmbedder(model_path=self.index_embedding_model or None,
+                              max_tokens=self.index_max_tokens, quantize=self.index_quantize,
+                              threads=self.index_threads or None)
+        if not self.index_embedder_process:
+            return local
+        from .storage.embed_worker import ProcessEmbedder
+
+        return ProcessEmbedder(local, idle_timeout_s=self.index_embedder_idle_timeout)
 
     async def _start_index(self) -> None:
         await asyncio.sleep(self.index_start_delay)

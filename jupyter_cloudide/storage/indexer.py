@@ -185,6 +185,9 @@ class IndexService:
         # a batch already in the writer thread finishes (it is one atomic LanceDB commit)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
         self._searchers.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.embedder, "close", None)
+        if close is not None:  # an embedder's child process
+            await asyncio.to_thread(close)
 
     def user_index(self, user: str) -> UserIndex:
         ui = self._users.get(user)
