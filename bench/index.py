@@ -17,6 +17,8 @@ What it measures:
    ``embedding_input(chunk)``), after one warm-up batch each: ours (int8, 128 tokens) as
    ``ours_embed_chunks_per_s`` against plain sentence-transformers float32 at its default
    256-token window as ``baseline_fp32_256_chunks_per_s``. Target: >= 60 chunks/s.
+   Event-loop responsiveness: how late a 10 ms timer on the service's loop fires, idle (1 s,
+   the baseline) and during the build (``loop_lag_*``): indexing must not block the loop.
 2. Save-to-searchable: ``--saves`` times, append a function with a unique made-up identifier
    and docstring to one corpus file (files spread over the corpus, each edited once), call
    ``on_contents_event({"action": "save", ...})`` and poll ``search(mode="text")`` for the
@@ -249,11 +251,17 @@ async def phase_build(args: argparse.Namespace, root: Path, data: Path, paths: l
 
     settings = IndexSettings(root_dir=str(root), data_dir=data, scan_interval_s=0)
     svc = IndexService(settings, embedder, reader)
+    # how late a 10 ms timer fires on this event loop: idle first (the baseline), then while
+    # the build runs (chunking and LanceDB in the writer thread, the model in its own process)
+    idle_lag = await loop_lag(1.0)
+    lags: list[float] = []
+    ticker = asyncio.create_task(tick(lags))
     cpu = CpuMeter()
     t0 = time.perf_counter()
     svc.start([USER])
     status = await svc.wait_idle(USER, BUILD_TIMEOUT_S)
     seconds = time.perf_counter() - t0
+    ticker.cancel()
     if status.get("error") or status["files"] != len(paths):
         raise RuntimeError(f"build: {status}")
     log.info("built %d chunks of %d files in %.1fs: %s", status["chunks"], status["files"],
@@ -265,7 +273,27 @@ async def phase_build(args: argparse.Namespace, root: Path, data: Path, paths: l
         "index_last_pass": status.get("last_pass"),
         "index_cpu_cores_ours": cpu.ours(),
         "index_other_cpu_cores": cpu.others(),
+        "loop_lag_idle_p99_ms": ms(pct(idle_lag, 99)),
+        "loop_lag_during_build_p50_ms": ms(statistics.median(lags)),
+        "loop_lag_during_build_p99_ms": ms(pct(lags, 99)),
+        "loop_lag_during_build_max_ms": ms(max(lags)),
     }
+
+
+async def tick(lags: list[float], period: float = 0.01) -> None:
+    """Append how late each ``period`` sleep wakes up (event-loop responsiveness)."""
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(period)
+        lags.append(max(0.0, time.perf_counter() - t0 - period))
+
+
+async def loop_lag(seconds: float) -> list[float]:
+    lags: list[float] = []
+    task = asyncio.create_task(tick(lags))
+    await asyncio.sleep(seconds)
+    task.cancel()
+    return lags
 
 
 def phase_embed(args: argparse.Namespace, texts: list[str], ours: LocalEmbedder
