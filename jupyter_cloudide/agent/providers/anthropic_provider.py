@@ -1,0 +1,193 @@
+"""Anthropic through the official ``anthropic`` SDK, translated at this edge to and from the
+OpenAI-shaped messages the rest of the agent uses (see ../shared/COMPAT.md):
+
+- system and developer messages → the top-level ``system``;
+- assistant ``tool_calls`` → ``tool_use`` blocks; ``role: tool`` messages → ``tool_result``
+  blocks in a user turn (consecutive ones merged: Anthropic wants alternating roles);
+- stop reasons ``end_turn``/``stop_sequence`` → stop, ``max_tokens`` → length,
+  ``tool_use`` → tool_calls, ``refusal`` → content_filter; input/output tokens → usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from .base import (
+    ChatRequest,
+    Event,
+    Finish,
+    Message,
+    ProviderError,
+    TextDelta,
+    ToolCall,
+    ToolCallStarted,
+    Usage,
+    estimate_tokens,
+    map_sdk_error,
+)
+
+STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+                "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
+
+
+class AnthropicProvider:
+    def __init__(self, name: str, *, api_key: str | None, base_url: str | None,
+                 timeout_s: float = 60.0) -> None:
+        self.name = name
+        self.base_url = base_url
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._client: Any = None
+
+    def _sdk(self) -> Any:
+        if self._client is None:
+            from anthropic import AsyncAnthropic, Timeout
+
+            self._client = AsyncAnthropic(
+                api_key=self._api_key or "unused", base_url=self.base_url, max_retries=0,
+                timeout=Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)))
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def list_models(self) -> list[str]:
+        try:
+            page = await self._sdk().models.list()
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return sorted(str(m.id) for m in page.data)
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        system, messages = to_anthropic(request.messages)
+        kwargs: dict[str, Any] = {"model": request.model, "messages": messages,
+                                  "max_tokens": request.max_tokens, "stream": True}
+        if system:
+            kwargs["system"] = system
+        if request.tools:
+            kwargs["tools"] = [{"name": t.name, "description": t.description,
+                                "input_schema": t.parameters} for t in request.tools]
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        kwargs.update(request.extra)
+        try:
+            stream = await asyncio.wait_for(self._sdk().messages.create(**kwargs),
+                                            request.timeout_s)
+        except Exception as exc:
+            raise map_error(exc) from exc
+        blocks: dict[int, dict[str, Any]] = {}
+        produced: list[str] = []
+        input_tokens = output_tokens = cached = 0
+        saw_usage = False
+        stop: str | None = None
+        iterator = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(iterator.__anext__(), request.timeout_s)
+                except StopAsyncIteration:
+                    break
+                kind = event.type
+                if kind == "message_start":
+                    usage = event.message.usage
+                    input_tokens = int(usage.input_tokens or 0)
+                    cached = int(getattr(usage, "cache_read_input_tokens", 0) or 0)
+                    saw_usage = True
+                elif kind == "content_block_start":
+                    block = event.content_block
+                    if block.type == "tool_use":
+                        blocks[event.index] = {"id": block.id, "name": block.name, "args": []}
+                        yield ToolCallStarted(block.id, block.name)
+                elif kind == "content_block_delta":
+                    delta = event.delta
+                    if delta.type == "text_delta" and delta.text:
+                        produced.append(delta.text)
+                        yield TextDelta(delta.text)
+                    elif delta.type == "input_json_delta" and event.index in blocks:
+                        blocks[event.index]["args"].append(delta.partial_json)
+                elif kind == "message_delta":
+                    stop = event.delta.stop_reason or stop
+                    if event.usage is not None:
+                        output_tokens = int(event.usage.output_tokens or 0)
+                elif kind == "message_stop":
+                    break
+        except Exception as exc:
+            raise map_error(exc) from exc
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                await close()
+        if stop is None:
+            raise ProviderError("connection", "the model's stream ended before it finished")
+        for index in sorted(blocks):
+            block = blocks[index]
+            arguments = "".join(block["args"]) or "{}"
+            produced.append(arguments)
+            yield ToolCall(block["id"], block["name"], arguments)
+        if saw_usage:
+            yield Usage(input_tokens + cached, output_tokens, cached)
+        else:
+            prompt = json.dumps(messages, default=str)
+            yield Usage(estimate_tokens(prompt), estimate_tokens("".join(produced)),
+                        estimated=True)
+        yield Finish(STOP_REASONS.get(stop, "stop"))
+
+
+def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:
+    """OpenAI-shaped messages → (system, Anthropic messages)."""
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+
+    def add(role: str, blocks: list[dict[str, Any]]) -> None:
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+
+    for message in messages:
+        role = message.get("role")
+        content = message.get("content")
+        if role in ("system", "developer"):
+            system.append(_text(content))
+        elif role == "user":
+            add("user", [{"type": "text", "text": _text(content) or " "}])
+        elif role == "assistant":
+            blocks: list[dict[str, Any]] = []
+            if _text(content):
+                blocks.append({"type": "text", "text": _text(content)})
+            for call in message.get("tool_calls") or ():
+                function = call.get("function", {})
+                try:
+                    arguments = json.loads(function.get("arguments") or "{}")
+                except ValueError:
+                    arguments = {}
+                blocks.append({"type": "tool_use", "id": call.get("id"),
+                               "name": function.get("name"),
+                               "input": arguments if isinstance(arguments, dict) else {}})
+            add("assistant", blocks or [{"type": "text", "text": " "}])
+        elif role == "tool":
+            add("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id"),
+                          "content": _text(content)}])
+    return "\n\n".join(s for s in system if s), out
+
+
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content
+                       if isinstance(part, dict) and part.get("type") in ("text", None))
+    return str(content)
+
+
+def map_error(exc: BaseException) -> ProviderError:
+    import anthropic
+
+    return map_sdk_error(exc, anthropic)

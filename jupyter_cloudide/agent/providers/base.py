@@ -1,0 +1,184 @@
+"""What the agent needs from a model provider, independent of its wire format.
+
+Messages are OpenAI-shaped dicts (``role``: system | user | assistant | tool; assistant
+``tool_calls``; tool ``tool_call_id``) because that is the lingua franca of the clients we serve
+and of most servers we call; providers with another format (Anthropic) translate at their edge.
+
+A call is a stream of :data:`Event` values: text deltas, tool calls (complete, once their
+arguments have fully arrived), usage, and the finish reason. Failures are one exception,
+:class:`ProviderError`, whose ``kind`` tells the router whether another try (later, or on
+another model) can help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Message = dict[str, Any]
+
+#: error kinds that a retry or a fallback model may fix
+RETRYABLE = frozenset({"rate_limited", "overloaded", "server", "timeout", "connection",
+                       "malformed"})
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+    def openai(self) -> dict[str, Any]:
+        return {"type": "function", "function": {
+            "name": self.name, "description": self.description, "parameters": self.parameters}}
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    #: the raw JSON text the model produced (validated by the tool registry, not here)
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    """A tool call's name is known (its arguments are still streaming): lets the UI show it."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int = 0
+    #: True when the upstream reported nothing and these are our estimates
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class Finish:
+    #: stop | length | tool_calls | content_filter | error
+    reason: str
+
+
+Event = TextDelta | ToolCallStarted | ToolCall | Usage | Finish
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: Sequence[Message]
+    tools: Sequence[ToolSpec] = ()
+    max_tokens: int = 4096
+    temperature: float | None = None
+    #: seconds until the first event, then between events
+    timeout_s: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    """A model call failed. ``kind``: rate_limited | overloaded | server | timeout | connection
+    | malformed | auth | bad_request | not_found | other. The message is safe to show a user
+    (the SDKs' messages never include the key)."""
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+class Provider(Protocol):
+    """One configured upstream (an SDK client with its key and base URL)."""
+
+    name: str
+
+    def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        """Events of one completion; raises ProviderError (also mid-stream)."""
+
+    async def list_models(self) -> list[str]:
+        """Model ids the upstream offers (``/v1/models``); [] when it cannot say."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters per token: the estimate used only when an upstream reports no usage."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from a ``retry-after`` (or ``retry-after-ms``) response header, if any."""
+    if headers is None:
+        return None
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+        return None if value is None else max(0.0, float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def map_sdk_error(exc: BaseException, sdk: Any) -> ProviderError:
+    """SDK and transport exceptions → ProviderError with a kind the router understands.
+    ``sdk`` is the ``openai`` or ``anthropic`` module: both name their exceptions alike."""
+    if isinstance(exc, ProviderError):
+        return exc
+    # the SDKs' transport is httpx or its successor httpx2; match its classes by name
+    transport = {cls.__name__ for cls in type(exc).__mro__
+                 if cls.__module__.split(".")[0] in ("httpx", "httpx2")}
+    if isinstance(exc, asyncio.TimeoutError | sdk.APITimeoutError) or \
+            "TimeoutException" in transport:
+        return ProviderError("timeout", "the model did not answer in time")
+    if isinstance(exc, sdk.APIStatusError):
+        status = int(exc.status_code)
+        after = retry_after(exc.response.headers)
+        message = _message(exc)
+        if status == 429:
+            return ProviderError("rate_limited", message, status=status, retry_after_s=after)
+        if status in (401, 403):
+            return ProviderError("auth", message, status=status)
+        if status == 404:
+            return ProviderError("not_found", message, status=status)
+        if status in (503, 529):
+            return ProviderError("overloaded", message, status=status, retry_after_s=after)
+        if status >= 500:
+            return ProviderError("server", message, status=status, retry_after_s=after)
+        return ProviderError("bad_request", message, status=status)
+    if isinstance(exc, sdk.APIConnectionError) or "TransportError" in transport:
+        return ProviderError("connection",
+                             f"connection to the model failed ({type(exc).__name__})")
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return ProviderError("malformed", "the model sent a malformed stream")
+    if isinstance(exc, sdk.APIError):  # an error event inside the stream
+        return ProviderError("server", _message(exc))
+    return ProviderError("other", f"model call failed ({type(exc).__name__})")
+
+
+def _message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:500]
+    return str(getattr(exc, "message", None) or exc)[:500]

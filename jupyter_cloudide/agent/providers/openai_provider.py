@@ -1,0 +1,142 @@
+"""OpenAI and every OpenAI-compatible server (Ollama, vLLM, llama.cpp server, LiteLLM) through
+the official ``openai`` SDK.
+
+The SDK's own retries are off (``max_retries=0``): the router decides whether to wait, retry or
+fall back to another model, and it must see every failure to keep its health figures honest.
+Usage is always requested (``stream_options.include_usage``) so streamed turns are metered from
+the upstream's own counts; when a server sends none, we estimate and say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .base import (
+    ChatRequest,
+    Event,
+    Finish,
+    ProviderError,
+    TextDelta,
+    ToolCall,
+    ToolCallStarted,
+    Usage,
+    estimate_tokens,
+    map_sdk_error,
+)
+
+FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, *, api_key: str | None, base_url: str | None,
+                 timeout_s: float = 60.0, default_headers: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.base_url = base_url
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._headers = default_headers or {}
+        self._client: Any = None
+
+    def _sdk(self) -> Any:
+        if self._client is None:
+            from openai import AsyncOpenAI, Timeout
+
+            # a keyless local server (Ollama) still needs a non-empty key for the SDK
+            self._client = AsyncOpenAI(
+                api_key=self._api_key or "unused", base_url=self.base_url, max_retries=0,
+                timeout=Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
+                default_headers=self._headers)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def list_models(self) -> list[str]:
+        try:
+            page = await self._sdk().models.list()
+        except Exception as exc:
+            raise map_error(exc) from exc
+        return sorted(str(m.id) for m in page.data)
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        kwargs: dict[str, Any] = {
+            "model": request.model, "messages": list(request.messages), "stream": True,
+            "stream_options": {"include_usage": True}, "max_tokens": request.max_tokens,
+        }
+        if request.tools:
+            kwargs["tools"] = [t.openai() for t in request.tools]
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        kwargs.update(request.extra)
+        try:
+            stream = await asyncio.wait_for(self._sdk().chat.completions.create(**kwargs),
+                                            request.timeout_s)
+        except Exception as exc:
+            raise map_error(exc) from exc
+        calls: dict[int, dict[str, Any]] = {}
+        produced: list[str] = []
+        usage: Usage | None = None
+        finish: str | None = None
+        iterator = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(iterator.__anext__(), request.timeout_s)
+                except StopAsyncIteration:
+                    break
+                if getattr(chunk, "usage", None) is not None:
+                    usage = _usage(chunk.usage)
+                for choice in chunk.choices or ():
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        produced.append(delta.content)
+                        yield TextDelta(delta.content)
+                    for part in (delta.tool_calls or ()) if delta is not None else ():
+                        call = calls.setdefault(int(part.index), {"id": "", "name": "",
+                                                                  "args": []})
+                        function = part.function
+                        if part.id:
+                            call["id"] = part.id
+                        if function is not None and function.name and not call["name"]:
+                            call["name"] = function.name
+                            yield ToolCallStarted(call["id"], call["name"])
+                        if function is not None and function.arguments:
+                            call["args"].append(function.arguments)
+                    if choice.finish_reason:
+                        finish = str(choice.finish_reason)
+        except Exception as exc:
+            raise map_error(exc) from exc
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                await close()
+        if finish is None:
+            raise ProviderError("connection", "the model's stream ended before it finished")
+        for index in sorted(calls):
+            call = calls[index]
+            arguments = "".join(call["args"])
+            produced.append(arguments)
+            yield ToolCall(call["id"] or f"call_{index}", call["name"], arguments)
+        if usage is None:
+            prompt = json.dumps(list(request.messages), default=str)
+            usage = Usage(estimate_tokens(prompt), estimate_tokens("".join(produced)),
+                          estimated=True)
+        yield usage
+        yield Finish("tool_calls" if finish == "function_call" else finish)
+
+
+def _usage(raw: Any) -> Usage:
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = int(getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
+    return Usage(int(raw.prompt_tokens or 0), int(raw.completion_tokens or 0), cached)
+
+
+def map_error(exc: BaseException) -> ProviderError:
+    import openai
+
+    return map_sdk_error(exc, openai)
