@@ -150,6 +150,13 @@ def map_sdk_error(exc: BaseException, sdk: Any) -> ProviderError:
     if isinstance(exc, asyncio.TimeoutError | sdk.APITimeoutError) or \
             "TimeoutException" in transport:
         return ProviderError("timeout", "the model did not answer in time")
+    if isinstance(exc, sdk.APIStatusError) and int(exc.status_code) < 400:
+        # an error event inside a 200 stream (Anthropic): its type says what happened
+        body = getattr(exc, "body", None)
+        inner = body.get("error", {}) if isinstance(body, dict) else {}
+        kind = {"overloaded_error": "overloaded", "rate_limit_error": "rate_limited"}.get(
+            str(inner.get("type") if isinstance(inner, dict) else ""), "server")
+        return ProviderError(kind, _message(exc))
     if isinstance(exc, sdk.APIStatusError):
         status = int(exc.status_code)
         after = retry_after(exc.response.headers)
@@ -168,7 +175,8 @@ def map_sdk_error(exc: BaseException, sdk: Any) -> ProviderError:
     if isinstance(exc, sdk.APIConnectionError) or "TransportError" in transport:
         return ProviderError("connection",
                              f"connection to the model failed ({type(exc).__name__})")
-    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError | AssertionError):
+        # AssertionError: the anthropic SDK's stream state machine on a stream cut short
         return ProviderError("malformed", "the model sent a malformed stream")
     if isinstance(exc, sdk.APIError):  # an error event inside the stream
         return ProviderError("server", _message(exc))
