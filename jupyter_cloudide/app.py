@@ -29,6 +29,7 @@ from .metering import events, metrics
 
 if TYPE_CHECKING:
     from .agent.conversations import ConversationService
+    from .agent.service import AgentService
     from .executor.service import ExecutorService
     from .gateway.ratelimit import Decision, Limit, RateLimiter
     from .metering.kernel_time import KernelMeter
@@ -271,6 +272,57 @@ class CloudIDEApp(ExtensionApp):
     def _default_usage_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or self._owner_name
 
+    # -- agent --------------------------------------------------------------------------------
+
+    providers = List(
+        Dict(), config=True,
+        help="""Model providers: [{"name": "vllm", "kind": "openai" | "anthropic",
+        "base_url": "http://...:8000/v1", "api_key" | "api_key_env": "ENV_NAME" |
+        "api_key_secret": "name in secrets_file"}]. `openai` and `anthropic` are added from
+        OPENAI_API_KEY/OPENAI_BASE_URL and ANTHROPIC_API_KEY/ANTHROPIC_BASE_URL when not
+        configured under those names.""",
+    )
+    models = List(
+        Dict(), config=True,
+        help="""Declared models: [{"id": "gpt-4o-mini", "provider": "openai", "model":
+        "gpt-4o-mini", "context_window": 128000, "max_output_tokens": 4096,
+        "capabilities": ["tools", "vision", "fim"], "roles": ["chat", "agent", "completion"],
+        "price_per_1k": {"input": 0.00015, "output": 0.0006}, "quality": 60}]. Models of a
+        provider that are not declared are discovered from its /v1/models.""",
+    )
+    model_allowlist = Dict(
+        config=True,
+        help="""Who may use which models: {"*": ["gpt-4o-mini"], "group:research": ["*"],
+        "user:ada": ["claude-*"]} (globs). Empty: everyone may use every model.""",
+    )
+    default_model = Unicode("", config=True, help="The model a turn gets unless it asks.")
+    routing_strategy = Enum(
+        ["quality", "cost", "latency", "balanced"], "balanced", config=True,
+        help="How the router orders models when none is requested, and the fallbacks.",
+    )
+    secrets_file = Unicode(
+        "", config=True,
+        help="""A JSON file {"name": "secret"} of provider keys, readable only by the server's
+        user (refused otherwise); providers name entries with api_key_secret.""",
+    )
+    discover_models = Bool(True, config=True,
+                           help="List providers' /v1/models to find undeclared models.")
+    tool_approvals = Dict(
+        config=True,
+        help="""Per-tool approval mode: {"write_file": "ask", "execute_code": "deny"}.
+        Defaults: reads allow, writes and execution ask.""",
+    )
+    approval_cap = Enum(
+        ["deny", "ask", "allow"], "allow", config=True,
+        help="""The most permissive mode any write or execute tool may have: "ask" means
+        nothing changes files or runs code without the user's approval.""",
+    )
+    agent_max_steps = Int(20, config=True, help="Model calls per turn, at most.")
+    agent_max_seconds = Float(600.0, config=True, help="Wall time per turn, at most.")
+    agent_max_tokens = Int(400_000, config=True, help="Input + output tokens per turn.")
+    approval_timeout = Float(
+        900.0, config=True, help="Seconds an approval waits before it counts as denied.")
+
     # -- semantic index ---------------------------------------------------------------------
 
     index_enabled = Bool(
@@ -362,10 +414,12 @@ class CloudIDEApp(ExtensionApp):
     _meter: KernelMeter | None = None
     _watcher: KernelWatcher | None = None
     _index: IndexService | None = None
+    _agent: AgentService | None = None
 
     def initialize_settings(self) -> None:
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
         self._tasks = []
+        self._pending_writes: set[asyncio.Future[None]] = set()
         self._components = {}
         self._db_state = {"state": "starting"}
         self._limiter_state = {"state": "starting", "backend": self.rate_limit_backend}
@@ -385,6 +439,12 @@ class CloudIDEApp(ExtensionApp):
                                rate_class="execute", schema="WsExecute")
         self.ws_kinds.register("search", self._ws_search, resource="cloudide:search",
                                rate_class="search", schema="WsSearch")
+        self.ws_kinds.register("chat.send", self._ws_chat_send, resource="cloudide:agent",
+                               rate_class="chat", schema="WsChatSend")
+        self.ws_kinds.register("chat.cancel", self._ws_chat_cancel, resource="cloudide:agent",
+                               schema="WsChatCancel")
+        self.ws_kinds.register("approval.respond", self._ws_approval, resource="cloudide:agent",
+                               schema="WsApprovalRespond")
         self.register_component("db", lambda: dict(self._db_state))
         self.register_component("rate_limiter", lambda: dict(self._limiter_state))
         self.register_component("session_channel", self._channel_state)
@@ -440,6 +500,9 @@ class CloudIDEApp(ExtensionApp):
         if self._executor is not None:
             executor, self._executor = self._executor, None
             await executor.close()
+        if self._agent is not None:
+            agent, self._agent = self._agent, None
+            await agent.close()
         if self._index is not None:
             index, self._index = self._index, None
             with contextlib.suppress(Exception):
@@ -614,6 +677,64 @@ class CloudIDEApp(ExtensionApp):
                 self.server.kernel_manager, self.server.session_manager, config,
                 on_agent_msg=self._mark_agent_request)
         return self._executor
+
+    # -- agent ----------------------------------------------------------------------------------
+
+    async def agent_service(self) -> AgentService:
+        """The agent (built on first use: SDKs load when a provider is first called)."""
+        if self._agent is None:
+            from .agent.loop import TurnLimits
+            from .agent.service import AgentConfig, AgentService
+
+            store = await self.metadata_store()
+            config = AgentConfig(
+                providers=tuple(self.providers), models=tuple(self.models),
+                allowlist=dict(self.model_allowlist), default_model=self.default_model or None,
+                strategy=self.routing_strategy, secrets_file=self.secrets_file,
+                discover=self.discover_models, tool_modes=dict(self.tool_approvals),
+                approval_cap=self.approval_cap,
+                limits=TurnLimits(max_steps=self.agent_max_steps,
+                                  max_seconds=self.agent_max_seconds,
+                                  max_tokens=self.agent_max_tokens,
+                                  approval_timeout_s=self.approval_timeout),
+            )
+            if self._agent is None:
+                self._agent = AgentService(config, store, tool_context=self._tool_context,
+                                           meter=self._meter_rows)
+        return self._agent
+
+    def _tool_context(self, request: Any) -> Any:
+        from .agent.tools.base import ToolContext
+
+        index = None
+        if self.index_enabled:
+            with contextlib.suppress(ServiceUnavailableError):
+                index = self.index_service()
+        token = getattr(self.server.identity_provider, "token", "") or ""
+        keys = self._agent.key_values if self._agent is not None else ()
+        return ToolContext(user=request.user, contents_manager=self.server.contents_manager,
+                           executor=self.executor_service(), index=index,
+                           secrets=tuple(s for s in (token, *keys) if s))
+
+    def _meter_rows(self, rows: list[Any]) -> None:
+        task = asyncio.ensure_future(self._write_usage(rows))
+        self._pending_writes.add(task)
+        task.add_done_callback(self._pending_writes.discard)
+
+    async def _ws_chat_send(self, ctx: RequestContext,
+                            payload: dict[str, Any]) -> dict[str, Any]:
+        def emit(frame: str, data: dict[str, Any]) -> None:
+            (ctx.stream if frame == "stream" else ctx.event)(data)
+
+        agent = await self.agent_service()
+        return await agent.send(ctx.user, payload, emit)
+
+    async def _ws_chat_cancel(self, ctx: RequestContext,
+                              payload: dict[str, Any]) -> dict[str, Any]:
+        return (await self.agent_service()).cancel(ctx.user, payload["turn_id"])
+
+    async def _ws_approval(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
+        return await (await self.agent_service()).respond(ctx.user, payload)
 
     # -- semantic index -----------------------------------------------------------------------
 

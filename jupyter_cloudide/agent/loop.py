@@ -34,6 +34,7 @@ from ..errors import CloudIDEError, ConflictError, NotFoundError
 from ..storage.db import UsageEventIn
 from .approvals import ApprovalPolicy
 from .models import Choice, ModelRegistry
+from .prompt import TokenCounter, fit
 from .providers.base import (
     ChatRequest,
     Finish,
@@ -111,6 +112,7 @@ class AgentLoop:
         self.limits = limits or TurnLimits()
         self.tool_context = tool_context
         self.meter = meter
+        self.counter = TokenCounter()
         self._turns: dict[str, _Turn] = {}
         #: conversation id → tools the owner said "always" to
         self._always: dict[str, set[str]] = {}
@@ -250,10 +252,13 @@ class AgentLoop:
                     specs: list[ToolSpec], attempt: int) -> tuple[str, list[ToolCall], str]:
         req, spec = turn.request, choice.model
         provider = self.registry.providers[spec.provider]
-        request = ChatRequest(model=spec.model, messages=messages, tools=specs,
-                              max_tokens=min(spec.max_output_tokens,
-                                             self.limits.max_output_tokens),
-                              timeout_s=self.limits.model_timeout_s)
+        max_tokens = min(spec.max_output_tokens, self.limits.max_output_tokens)
+        fitted, report = fit(messages, window=spec.context_window, reserve_output=max_tokens,
+                             counter=self.counter, model=spec.id)
+        turn.emit("event", {"kind": "prompt", "turn_id": req.turn_id, "model": spec.id,
+                            **report.to_json()})
+        request = ChatRequest(model=spec.model, messages=fitted, tools=specs,
+                              max_tokens=max_tokens, timeout_s=self.limits.model_timeout_s)
         turn.emit("event", {"kind": "model.call", "turn_id": req.turn_id, "model": spec.id,
                             "reason": choice.reason, "step": turn.steps})
         started = time.monotonic()
@@ -285,6 +290,8 @@ class AgentLoop:
                         attempt, started, failed=exc.kind)
             raise _Failed(exc, streamed=bool(text or calls)) from None
         self.registry.record_success(spec.id, ((first or time.monotonic()) - started) * 1000)
+        if usage is not None and not usage.estimated:
+            self.counter.calibrate(spec.id, report.tokens, usage.input_tokens)
         self._meter(turn, spec, usage or Usage(0, 0, estimated=True), attempt, started)
         return "".join(text), calls, finish
 

@@ -31,6 +31,7 @@ SAMPLES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "getIndex": ("GET", "cloudide/api/index", None),
     "rebuildIndex": ("POST", "cloudide/api/index", {}),
     "search": ("POST", "cloudide/api/search", {"query": "x", "mode": "text"}),
+    "getModels": ("GET", "cloudide/api/models", None),
 }
 #: operations whose sample names something that does not exist: authorized means 404
 MISSING_TARGET = {"getConversation", "execute", "getJob", "cancelJob"}

@@ -1,0 +1,127 @@
+"""The agent layer as one object the app wires and the gateway calls: the model registry (with
+discovery), the tools, the approval policy and the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidInputError
+from .approvals import ApprovalPolicy
+from .loop import AgentLoop, Emit, TurnLimits, TurnRequest
+from .models import ModelRegistry, build_providers, load_secrets, model_specs, provider_configs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the app's traitlets decide about the agent."""
+
+    providers: tuple[Mapping[str, Any], ...] = ()
+    models: tuple[Mapping[str, Any], ...] = ()
+    allowlist: Mapping[str, list[str]] = field(default_factory=dict)
+    default_model: str | None = None
+    strategy: str = "balanced"
+    secrets_file: str = ""
+    discover: bool = True
+    tool_modes: Mapping[str, str] = field(default_factory=dict)
+    approval_cap: str = "allow"
+    limits: TurnLimits = field(default_factory=TurnLimits)
+    provider_timeout_s: float = 60.0
+
+
+class AgentService:
+    def __init__(self, config: AgentConfig, store: Any, *,
+                 tool_context: Callable[[TurnRequest], Any],
+                 meter: Callable[[list[Any]], Any] | None = None,
+                 env: Mapping[str, str] | None = None) -> None:
+        from .tools.base import default_tools
+
+        self.config = config
+        self.store = store
+        env = os.environ if env is None else env
+        self.secrets = load_secrets(config.secrets_file)
+        configs = provider_configs(config.providers, env, self.secrets)
+        #: provider keys: redacted from every tool result the model sees
+        self.key_values = tuple(c.api_key for c in configs if c.api_key)
+        providers = build_providers(configs, timeout_s=config.provider_timeout_s)
+        self.registry = ModelRegistry(providers, model_specs(config.models, providers),
+                                      allowlist=config.allowlist,
+                                      default_model=config.default_model)
+        self.tools = default_tools()
+        self.loop = AgentLoop(self.registry, self.tools, store,
+                              policy=ApprovalPolicy(per_tool=dict(config.tool_modes),
+                                                    cap=config.approval_cap),
+                              limits=config.limits, tool_context=tool_context, meter=meter)
+        self._discovered: asyncio.Task[list[str]] | None = None
+
+    async def ready(self) -> None:
+        """Discover undeclared models once (a provider that is down is retried next time)."""
+        if not self.config.discover:
+            return
+        if self._discovered is None or (self._discovered.done()
+                                        and self._discovered.exception() is not None):
+            self._discovered = asyncio.ensure_future(self.registry.discover())
+        try:
+            added = await asyncio.shield(self._discovered)
+        except Exception:
+            log.exception("model discovery failed")
+            return
+        if added:
+            log.info("models discovered: %s", ", ".join(added))
+
+    async def models_for(self, user: str, groups: tuple[str, ...] = ()) -> dict[str, Any]:
+        await self.ready()
+        import time
+
+        now = time.monotonic()
+        out = []
+        for spec in self.registry.allowed(user, groups):
+            item = spec.to_json()
+            item["health"] = self.registry.health_of(spec.id).to_json(now)
+            out.append(item)
+        return {"models": out, "default": self.registry.default_model,
+                "strategy": self.config.strategy}
+
+    async def send(self, user: str, payload: dict[str, Any], emit: Emit,
+                   groups: tuple[str, ...] = ()) -> dict[str, Any]:
+        """A ``chat.send``: into an existing conversation of the user, or a new one."""
+        await self.ready()
+        conversation_id = payload.get("conversation_id")
+        if conversation_id:
+            await self.store.call(self.store.get_conversation, conversation_id, user)
+        else:
+            title = " ".join(str(payload["text"]).split())[:80] or "New conversation"
+            record = await self.store.call(self.store.create_conversation, user, title,
+                                           payload.get("model"))
+            conversation_id = record.id
+        request = TurnRequest(user=user, conversation_id=str(conversation_id),
+                              text=str(payload["text"]), model=payload.get("model"),
+                              groups=groups, strategy=self.config.strategy,
+                              context=list(payload.get("context") or []))
+        emit("event", {"kind": "turn.started", "conversation_id": request.conversation_id,
+                       "turn_id": request.turn_id})
+        return await self.loop.run(request, emit)
+
+    def cancel(self, user: str, turn_id: str) -> dict[str, Any]:
+        cancelled = self.loop.cancel(user, turn_id)
+        return {"turn_id": turn_id, "cancelled": cancelled}
+
+    async def respond(self, user: str, payload: dict[str, Any]) -> dict[str, Any]:
+        decision = str(payload["decision"])
+        if decision not in ("allow", "deny", "always"):
+            raise InvalidInputError("decision: allow, deny or always", field="decision")
+        return await self.loop.respond(user, str(payload["approval_id"]), decision,
+                                       payload.get("arguments_hash"))
+
+    async def close(self) -> None:
+        for turn_id in list(self.loop._turns):
+            turn = self.loop._turns.get(turn_id)
+            if turn is not None and turn.task is not None:
+                turn.task.cancel()
+        await self.registry.close()
