@@ -58,3 +58,36 @@ class ConversationService:
         out = to_json(record)
         out["messages"] = [to_json(m) for m in messages]
         return out
+
+    async def rename(self, owner: str, conversation_id: str, title: str) -> dict[str, Any]:
+        record = await self.store.call(self.store.update_conversation, conversation_id, owner,
+                                       title=title.strip() or "New conversation")
+        return to_json(record)
+
+    async def delete(self, owner: str, conversation_id: str) -> None:
+        await self.store.call(self.store.delete_conversation, conversation_id, owner)
+
+    async def export_markdown(self, owner: str, conversation_id: str) -> str:
+        """A readable transcript: user and assistant text, tool calls and their results."""
+        data = await self.get(owner, conversation_id)
+        lines = [f"# {data['title']}", ""]
+        for message in data["messages"]:
+            content = message.get("content") or {}
+            role = message["role"]
+            if role == "user":
+                lines += ["## User", "", str(content.get("text", "")), ""]
+            elif role == "assistant":
+                if content.get("text"):
+                    lines += ["## Assistant", "", str(content["text"]), ""]
+                for call in content.get("tool_calls") or ():
+                    function = call.get("function", {})
+                    lines += [f"**Tool call** `{function.get('name')}`", "", "```json",
+                              str(function.get("arguments", "")), "```", ""]
+            elif role == "tool":
+                status = "ok" if content.get("ok") else "failed"
+                lines += [f"**Tool result** `{content.get('name')}` ({status})", "", "```",
+                          str(content.get("content", "")), "```", ""]
+            elif role == "error":
+                lines += [f"> **Error** ({content.get('status')}): {content.get('message')}",
+                          ""]
+        return "\n".join(lines)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -116,6 +117,8 @@ class AgentLoop:
         self._turns: dict[str, _Turn] = {}
         #: conversation id → tools the owner said "always" to
         self._always: dict[str, set[str]] = {}
+        #: conversation id → the kernel its code runs in (state survives between calls)
+        self._kernels: dict[str, str] = {}
 
     # -- public -------------------------------------------------------------------------
 
@@ -344,7 +347,12 @@ class AgentLoop:
                                 "denied": True})
             return f"error: {message}"
         context = self.tool_context(req) if self.tool_context is not None else None
+        kernel = self._kernels.get(req.conversation_id)
+        if context is not None and kernel is not None:
+            context = dataclasses.replace(context, kernel_id=kernel)
         result = await self.tools.run(call.name, arguments, context)
+        if isinstance(result.data, dict) and result.data.get("kernel_id"):
+            self._kernels[req.conversation_id] = str(result.data["kernel_id"])
         turn.emit("event", {"kind": "tool.result", **base, "ok": result.ok,
                             "content": result.content, "data": result.data})
         await self._save(req, "tool", {"tool_call_id": call.id, "name": call.name,

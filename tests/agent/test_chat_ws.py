@@ -167,11 +167,13 @@ async def test_risky_code_asks_even_when_always_allowed_and_cancel_denies(
         response, events, _ = await chat.turn("set x", approve="always")
         conversation = response["payload"]["conversation_id"]
         assert "approval.request" in kinds(events)
-        # benign code now runs without asking in this conversation
-        upstream.script(Turn(tool_calls=[ToolCall("execute_code", {"code": "y = 2"})]),
+        # benign code now runs without asking in this conversation, in the same kernel
+        upstream.script(Turn(tool_calls=[ToolCall("execute_code", {"code": "print(x + 1)"})]),
                         Turn(text="done"))
-        _, events, _ = await chat.turn("set y", conversation_id=conversation)
+        _, events, _ = await chat.turn("use x", conversation_id=conversation)
         assert "approval.request" not in kinds(events)
+        ran = next(e for e in events if e.get("kind") == "tool.result")
+        assert ran["ok"] and "2" in ran["content"], ran
         # risky code asks anyway; cancelling the turn denies it and nothing runs
         marker = jp_root_dir / "pwned.txt"
         upstream.script(Turn(tool_calls=[ToolCall("execute_code", {
@@ -270,3 +272,36 @@ async def test_models_route_and_other_users_approvals(
     finally:
         alice.conn.close()
         bob.conn.close()
+
+
+async def test_rename_export_and_delete(cloudide: Any, jp_fetch: Any, jp_http_port: int,
+                                        jp_base_url: str, jp_root_dir: Path,
+                                        upstream: FakeUpstream) -> None:
+    (jp_root_dir / "a.py").write_text("A = 1\n")
+    chat = await open_chat(jp_http_port, jp_base_url)
+    try:
+        upstream.script(Turn(tool_calls=[ToolCall("read_file", {"path": "a.py"})]),
+                        Turn(text="A is one."))
+        response, _, _ = await chat.turn("What is A?")
+    finally:
+        chat.conn.close()
+    cid = response["payload"]["conversation_id"]
+
+    async def call(method: str, user: str = "alice", body: Any = None, **kw: Any) -> Any:
+        return await jp_fetch("cloudide", "api", "conversations", cid, method=method,
+                              headers=auth(user), raise_error=False,
+                              body=None if body is None else json.dumps(body), **kw)
+
+    renamed = await call("PATCH", body={"title": "Constants"})
+    assert renamed.code == 200 and json.loads(renamed.body)["title"] == "Constants"
+    assert (await call("PATCH", "bob", body={"title": "mine now"})).code == 404
+    assert (await call("PATCH", body={"title": ""})).code == 400
+    exported = await call("GET", params={"format": "markdown"})
+    markdown = exported.body.decode()
+    assert exported.headers["Content-Type"].startswith("text/markdown")
+    assert markdown.startswith("# Constants")
+    assert "## User\n\nWhat is A?" in markdown and "`read_file`" in markdown
+    assert "A = 1" in markdown and "A is one." in markdown
+    assert (await call("DELETE", "bob")).code == 404
+    assert (await call("DELETE")).code == 204
+    assert (await call("GET")).code == 404

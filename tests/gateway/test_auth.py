@@ -32,9 +32,13 @@ SAMPLES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "rebuildIndex": ("POST", "cloudide/api/index", {}),
     "search": ("POST", "cloudide/api/search", {"query": "x", "mode": "text"}),
     "getModels": ("GET", "cloudide/api/models", None),
+    "renameConversation": ("PATCH", f"cloudide/api/conversations/{MISSING_ID}",
+                           {"title": "t"}),
+    "deleteConversation": ("DELETE", f"cloudide/api/conversations/{MISSING_ID}", None),
 }
 #: operations whose sample names something that does not exist: authorized means 404
-MISSING_TARGET = {"getConversation", "execute", "getJob", "cancelJob"}
+MISSING_TARGET = {"getConversation", "execute", "getJob", "cancelJob", "renameConversation",
+                  "deleteConversation"}
 RESOURCES = sorted({op["auth_resource"] for op in spec.operations().values()})
 
 

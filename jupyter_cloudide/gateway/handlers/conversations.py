@@ -43,13 +43,37 @@ class ConversationHandler(CloudIDEHandler):
 
     auth_resource = AUTH_RESOURCE
     route_name = "conversation"
-    operations = {"GET": "getConversation"}
+    operations = {"GET": "getConversation", "PATCH": "renameConversation",
+                  "DELETE": "deleteConversation"}
 
     @web.authenticated
     @authorized
     async def get(self, conversation_id: str) -> None:
+        """``?format=markdown`` exports a transcript; default JSON (messages included)."""
         service = await self.cloudide.conversation_service()
+        if self.get_query_argument("format", "json") == "markdown":
+            text = await service.export_markdown(self.username, conversation_id)
+            self.set_header("Content-Disposition",
+                            f'attachment; filename="conversation-{conversation_id}.md"')
+            # jupyter's APIHandler.finish would otherwise label it application/json
+            self.finish(text, set_content_type="text/markdown; charset=utf-8")
+            return
         write_json(self, await service.get(self.username, conversation_id))
+
+    @web.authenticated
+    @authorized
+    async def patch(self, conversation_id: str) -> None:
+        body = self.json_body()
+        service = await self.cloudide.conversation_service()
+        write_json(self, await service.rename(self.username, conversation_id, body["title"]))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, conversation_id: str) -> None:
+        service = await self.cloudide.conversation_service()
+        await service.delete(self.username, conversation_id)
+        self.set_status(204)
+        self.finish()
 
 
 default_handlers = [
