@@ -322,6 +322,11 @@ class CloudIDEApp(ExtensionApp):
     agent_max_tokens = Int(400_000, config=True, help="Input + output tokens per turn.")
     approval_timeout = Float(
         900.0, config=True, help="Seconds an approval waits before it counts as denied.")
+    approval_disconnect_grace = Float(
+        30.0, config=True,
+        help="""Seconds without any connection of the user's session after which a pending
+        approval counts as denied (a page reload re-attaches well within it).""",
+    )
 
     # -- semantic index ---------------------------------------------------------------------
 
@@ -696,7 +701,8 @@ class CloudIDEApp(ExtensionApp):
                 limits=TurnLimits(max_steps=self.agent_max_steps,
                                   max_seconds=self.agent_max_seconds,
                                   max_tokens=self.agent_max_tokens,
-                                  approval_timeout_s=self.approval_timeout),
+                                  approval_timeout_s=self.approval_timeout,
+                                  approval_disconnect_grace_s=self.approval_disconnect_grace),
             )
             if self._agent is None:
                 self._agent = AgentService(config, store, tool_context=self._tool_context,
@@ -726,8 +732,14 @@ class CloudIDEApp(ExtensionApp):
         def emit(frame: str, data: dict[str, Any]) -> None:
             (ctx.stream if frame == "stream" else ctx.event)(data)
 
+        session = ctx.session
+
+        def detached_for() -> float | None:
+            since = session.detached_at
+            return None if since is None else session.clock() - since
+
         agent = await self.agent_service()
-        return await agent.send(ctx.user, payload, emit)
+        return await agent.send(ctx.user, payload, emit, detached_for=detached_for)
 
     async def _ws_chat_cancel(self, ctx: RequestContext,
                               payload: dict[str, Any]) -> dict[str, Any]:

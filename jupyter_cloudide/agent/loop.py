@@ -66,6 +66,9 @@ class TurnLimits:
     max_seconds: float = 600.0
     max_tokens: int = 400_000
     approval_timeout_s: float = 900.0
+    #: a pending approval is denied once its user has had no connection for this long (a page
+    #: reload re-attaches well within it; a closed laptop does not)
+    approval_disconnect_grace_s: float = 30.0
     model_timeout_s: float = 120.0
     max_output_tokens: int = 4096
 
@@ -86,6 +89,8 @@ class TurnRequest:
     #: extra context the client attached (active cell, selection): already plain text
     context: list[dict[str, Any]] = field(default_factory=list)
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: seconds the requesting session has had no live connection (None: connected)
+    detached_for: Callable[[], float | None] | None = None
 
 
 @dataclass
@@ -381,12 +386,19 @@ class AgentLoop:
                             "name": call.name, "arguments": arguments,
                             "arguments_hash": record.arguments_hash, "reason": reason,
                             "risks": risks})
+        deadline = time.monotonic() + self.limits.approval_timeout_s
         try:
-            return await asyncio.wait_for(asyncio.shield(future),
-                                          self.limits.approval_timeout_s)
-        except asyncio.TimeoutError:
-            await self._deny(req.user, record.id, record.arguments_hash)
-            return "deny"
+            while not future.done():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), 0.5)
+                if future.done():
+                    break
+                gone = req.detached_for() if req.detached_for is not None else None
+                if time.monotonic() >= deadline or (
+                        gone is not None and gone >= self.limits.approval_disconnect_grace_s):
+                    await self._deny(req.user, record.id, record.arguments_hash)
+                    return "deny"
+            return future.result()
         finally:
             turn.approvals.pop(record.id, None)
 

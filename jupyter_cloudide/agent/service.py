@@ -89,7 +89,8 @@ class AgentService:
                 "strategy": self.config.strategy}
 
     async def send(self, user: str, payload: dict[str, Any], emit: Emit,
-                   groups: tuple[str, ...] = ()) -> dict[str, Any]:
+                   groups: tuple[str, ...] = (),
+                   detached_for: Callable[[], float | None] | None = None) -> dict[str, Any]:
         """A ``chat.send``: into an existing conversation of the user, or a new one."""
         await self.ready()
         conversation_id = payload.get("conversation_id")
@@ -103,7 +104,8 @@ class AgentService:
         request = TurnRequest(user=user, conversation_id=str(conversation_id),
                               text=str(payload["text"]), model=payload.get("model"),
                               groups=groups, strategy=self.config.strategy,
-                              context=list(payload.get("context") or []))
+                              context=list(payload.get("context") or []),
+                              detached_for=detached_for)
         emit("event", {"kind": "turn.started", "conversation_id": request.conversation_id,
                        "turn_id": request.turn_id})
         return await self.loop.run(request, emit)

@@ -305,3 +305,31 @@ async def test_rename_export_and_delete(cloudide: Any, jp_fetch: Any, jp_http_po
     assert (await call("DELETE", "bob")).code == 404
     assert (await call("DELETE")).code == 204
     assert (await call("GET")).code == 404
+
+
+async def test_disconnect_denies_pending_approval(
+        cloudide: Any, jp_fetch: Any, jp_http_port: int, jp_base_url: str, jp_root_dir: Path,
+        upstream: FakeUpstream) -> None:
+    cloudide.approval_disconnect_grace = 1.0  # read when the agent is built (first use)
+    store = await cloudide.metadata_store()
+    target = jp_root_dir / "notes.txt"
+    upstream.script(Turn(tool_calls=[ToolCall("write_file", {"path": "notes.txt",
+                                                             "content": "hello"})]),
+                    Turn(text="ok"))
+    chat = await open_chat(jp_http_port, jp_base_url)
+    await chat.send("chat.send", text="write notes")
+    while True:
+        frame = await chat.frame()
+        if frame["type"] == "event" and frame["payload"].get("kind") == "approval.request":
+            approval_id = frame["payload"]["approval_id"]
+            break
+    chat.conn.close()  # the user goes away with the approval pending
+    for _ in range(100):
+        record = await store.call(store.get_approval, approval_id, "alice")
+        if record.status != "pending":
+            break
+        await asyncio.sleep(0.1)
+    assert record.status == "denied", record
+    await asyncio.sleep(0.3)
+    assert not target.exists(), "a denied tool never runs"
+
