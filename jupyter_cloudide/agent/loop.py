@@ -102,6 +102,9 @@ class _Turn:
     started: float = field(default_factory=time.monotonic)
     tokens: int = 0
     steps: int = 0
+    #: the model that answered the last step, and why the router picked it
+    model: str | None = None
+    reason: str | None = None
 
 
 class AgentLoop:
@@ -194,7 +197,9 @@ class AgentLoop:
                         for c in calls]
                 messages.append(assistant)
                 await self._save(req, "assistant", {"text": text, "tool_calls":
-                                                    assistant.get("tool_calls", [])})
+                                                    assistant.get("tool_calls", []),
+                                                    "model": turn.model,
+                                                    "model_reason": turn.reason})
                 if not calls:
                     if finish == "length":
                         status = "truncated"
@@ -216,7 +221,8 @@ class AgentLoop:
             log.exception("turn %s failed", req.turn_id)
             status, error = "error", "the turn failed (see the server log)"
         result = {"conversation_id": req.conversation_id, "turn_id": req.turn_id,
-                  "status": status, "steps": turn.steps, "tokens": turn.tokens}
+                  "status": status, "steps": turn.steps, "tokens": turn.tokens,
+                  "model": turn.model}
         if error:
             result["error"] = error
             turn.emit("event", {"kind": "turn.error", "turn_id": req.turn_id,
@@ -301,6 +307,7 @@ class AgentLoop:
         if usage is not None and not usage.estimated:
             self.counter.calibrate(spec.id, report.tokens, usage.input_tokens)
         self._meter(turn, spec, usage or Usage(0, 0, estimated=True), attempt, started)
+        turn.model, turn.reason = spec.id, choice.reason
         return "".join(text), calls, finish
 
     def _meter(self, turn: _Turn, spec: Any, usage: Usage, attempt: int, started: float,

@@ -333,3 +333,65 @@ async def test_disconnect_denies_pending_approval(
     await asyncio.sleep(0.3)
     assert not target.exists(), "a denied tool never runs"
 
+
+
+async def test_limits_invalid_arguments_and_reload_resume(
+        cloudide: Any, jp_fetch: Any, jp_http_port: int, jp_base_url: str, jp_root_dir: Path,
+        upstream: FakeUpstream) -> None:
+    cloudide.agent_max_steps = 3  # read when the agent is built (first use)
+    chat = await open_chat(jp_http_port, jp_base_url)
+    try:
+        # arguments that violate the schema: refused before running, the model is told
+        upstream.script(Turn(tool_calls=[ToolCall("read_file", {"path": 42})]),
+                        Turn(text="sorry"))
+        response, events, _ = await chat.turn("read something")
+        bad = next(e for e in events if e.get("kind") == "tool.result")
+        assert not bad["ok"] and "path" in bad["content"]
+        told = upstream.requests[-1]["body"]["messages"][-1]
+        assert told["role"] == "tool" and "path" in told["content"]
+        assert response["payload"]["model"] == "gpt-4o-mini"
+        # a model that keeps calling tools stops at the step limit, with an explicit error
+        before = len(upstream.requests)
+        upstream.script(*[Turn(tool_calls=[ToolCall("list_files", {})]) for _ in range(10)])
+        response, events, _ = await chat.turn("loop forever")
+        assert response["payload"]["status"] == "limit"
+        assert "step limit" in next(e for e in events if e.get("kind") == "turn.error")[
+            "message"]
+        assert len(upstream.requests) - before == 3, "no model call after the limit"
+        assert len([e for e in events if e.get("kind") == "turn.usage"]) == 3
+        upstream.clear()
+    finally:
+        chat.conn.close()
+    # a page reload mid-answer: the turn goes on server-side; resuming replays what was missed
+    url = f"ws://127.0.0.1:{jp_http_port}{jp_base_url}cloudide/api/ws"
+    conn = await websocket_connect(HTTPRequest(url, headers=auth("alice")))
+    welcome = json.loads(await conn.read_message())  # type: ignore[arg-type]
+    welcome_session = welcome["payload"]["session_id"]
+    upstream.script(Turn(text="one two three four five six", chunk_size=4,
+                         delay_between_chunks=0.15))
+    await conn.write_message(json.dumps({"type": "request", "id": 1, "payload": {
+        "kind": "chat.send", "text": "count"}}))
+    last_seq = 0
+    while True:  # leave after the first delta
+        frame = json.loads(await conn.read_message())  # type: ignore[arg-type]
+        last_seq = frame.get("seq", last_seq)
+        if frame["type"] == "stream":
+            break
+    conn.close()
+    await asyncio.sleep(0.5)
+    resumed = await websocket_connect(HTTPRequest(
+        f"{url}?session_id={welcome_session}&last_seq={last_seq}", headers=auth("alice")))
+    try:
+        deltas = [frame["payload"]["delta"]]
+        while True:
+            raw = await asyncio.wait_for(resumed.read_message(), 30)
+            assert raw is not None
+            frame = json.loads(raw)
+            if frame["type"] == "stream":
+                deltas.append(frame["payload"]["delta"])
+            if frame["type"] == "response" and frame.get("id") == 1:
+                break
+        assert frame["payload"]["status"] == "ok"
+        assert "".join(deltas) == "one two three four five six"
+    finally:
+        resumed.close()
