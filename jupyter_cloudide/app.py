@@ -450,6 +450,8 @@ class CloudIDEApp(ExtensionApp):
                                schema="WsChatCancel")
         self.ws_kinds.register("approval.respond", self._ws_approval, resource="cloudide:agent",
                                schema="WsApprovalRespond")
+        self.ws_kinds.register("chat.undo", self._ws_chat_undo, resource="cloudide:agent",
+                               schema="WsChatUndo")
         self.register_component("db", lambda: dict(self._db_state))
         self.register_component("rate_limiter", lambda: dict(self._limiter_state))
         self.register_component("session_channel", self._channel_state)
@@ -744,6 +746,13 @@ class CloudIDEApp(ExtensionApp):
     async def _ws_chat_cancel(self, ctx: RequestContext,
                               payload: dict[str, Any]) -> dict[str, Any]:
         return (await self.agent_service()).cancel(ctx.user, payload["turn_id"])
+
+    async def _ws_chat_undo(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
+        from .agent.loop import TurnRequest
+
+        agent = await self.agent_service()
+        tools = self._tool_context(TurnRequest(user=ctx.user, conversation_id="", text=""))
+        return await agent.undo(ctx.user, payload, tools)
 
     async def _ws_approval(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
         return await (await self.agent_service()).respond(ctx.user, payload)

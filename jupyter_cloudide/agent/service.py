@@ -121,6 +121,16 @@ class AgentService:
         return await self.loop.respond(user, str(payload["approval_id"]), decision,
                                        payload.get("arguments_hash"))
 
+    async def undo(self, user: str, payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        """Put back what a finished turn's tools changed."""
+        from ..errors import ConflictError
+        from .undo import undo_turn
+
+        turn_id = str(payload["turn_id"])
+        if turn_id in self.loop.running(user):
+            raise ConflictError("the turn is still running: cancel it first")
+        return await undo_turn(self.store, ctx, str(payload["conversation_id"]), turn_id)
+
     async def close(self) -> None:
         for turn_id in list(self.loop._turns):
             turn = self.loop._turns.get(turn_id)

@@ -395,3 +395,37 @@ async def test_limits_invalid_arguments_and_reload_resume(
         assert "".join(deltas) == "one two three four five six"
     finally:
         resumed.close()
+
+
+async def test_undo_a_turn(cloudide: Any, jp_fetch: Any, jp_http_port: int, jp_base_url: str,
+                           jp_root_dir: Path, upstream: FakeUpstream) -> None:
+    (jp_root_dir / "model.py").write_text("LR = 0.1\nEPOCHS = 5\n")
+    chat = await open_chat(jp_http_port, jp_base_url)
+    try:
+        upstream.script(
+            Turn(tool_calls=[ToolCall("edit_file", {"path": "model.py", "old_string": "0.1",
+                                                    "new_string": "0.01"}),
+                             ToolCall("write_file", {"path": "notes.md", "content": "# n\n"})]),
+            Turn(tool_calls=[ToolCall("edit_file", {"path": "model.py", "old_string": "5",
+                                                    "new_string": "50"})]),
+            Turn(text="Tuned."))
+        response, _, _ = await chat.turn("tune it", approve="allow")
+        payload = response["payload"]
+        assert (jp_root_dir / "model.py").read_text() == "LR = 0.01\nEPOCHS = 50\n"
+        assert (jp_root_dir / "notes.md").exists()
+        rid = await chat.send("chat.undo", conversation_id=payload["conversation_id"],
+                              turn_id=payload["turn_id"])
+        frame = await chat.frame()
+        while frame.get("id") != rid:
+            frame = await chat.frame()
+        assert "error" not in frame, frame
+        assert (jp_root_dir / "model.py").read_text() == "LR = 0.1\nEPOCHS = 5\n"
+        assert not (jp_root_dir / "notes.md").exists()
+        rid = await chat.send("chat.undo", conversation_id=payload["conversation_id"],
+                              turn_id=payload["turn_id"])
+        frame = await chat.frame()
+        while frame.get("id") != rid:
+            frame = await chat.frame()
+        assert frame["error"]["status"] == 409, "undone once only"
+    finally:
+        chat.conn.close()
