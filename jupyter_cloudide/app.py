@@ -425,6 +425,7 @@ class CloudIDEApp(ExtensionApp):
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
         self._tasks = []
         self._pending_writes: set[asyncio.Future[None]] = set()
+        self._usage_buffer: list[Any] = []
         self._components = {}
         self._db_state = {"state": "starting"}
         self._limiter_state = {"state": "starting", "backend": self.rate_limit_backend}
@@ -510,6 +511,10 @@ class CloudIDEApp(ExtensionApp):
         if self._agent is not None:
             agent, self._agent = self._agent, None
             await agent.close()
+        for pending in list(getattr(self, "_pending_writes", ())):
+            pending.cancel()
+        if getattr(self, "_usage_buffer", None) and self.store is not None:
+            await self._flush_usage()
         if self._index is not None:
             index, self._index = self._index, None
             with contextlib.suppress(Exception):
@@ -725,9 +730,23 @@ class CloudIDEApp(ExtensionApp):
                            secrets=tuple(s for s in (token, *keys) if s))
 
     def _meter_rows(self, rows: list[Any]) -> None:
-        task = asyncio.ensure_future(self._write_usage(rows))
-        self._pending_writes.add(task)
-        task.add_done_callback(self._pending_writes.discard)
+        """Token rows from the agent, written in batches a second apart: one ledger write per
+        model call would queue on the store's thread in front of the next turn's messages."""
+        self._usage_buffer.extend(rows)
+        if not self._pending_writes:
+            task = asyncio.ensure_future(self._flush_usage(delay=1.0))
+            self._pending_writes.add(task)
+            task.add_done_callback(self._pending_writes.discard)
+
+    async def _flush_usage(self, delay: float = 0.0) -> None:
+        await asyncio.sleep(delay)
+        rows, self._usage_buffer = self._usage_buffer, []
+        if rows:
+            try:
+                await self._write_usage(rows)
+            except Exception:
+                self.log.exception("jupyter_cloudide: %d token usage rows not written",
+                                   len(rows))
 
     async def _ws_chat_send(self, ctx: RequestContext,
                             payload: dict[str, Any]) -> dict[str, Any]:

@@ -91,6 +91,8 @@ class TurnRequest:
     turn_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     #: seconds the requesting session has had no live connection (None: connected)
     detached_for: Callable[[], float | None] | None = None
+    #: the conversation was created for this turn: there is no history to load
+    new_conversation: bool = False
 
 
 @dataclass
@@ -122,6 +124,7 @@ class AgentLoop:
         self.tool_context = tool_context
         self.meter = meter
         self.counter = TokenCounter()
+        self._specs: list[ToolSpec] | None = None
         self._turns: dict[str, _Turn] = {}
         #: conversation id → tools the owner said "always" to
         self._always: dict[str, set[str]] = {}
@@ -181,10 +184,14 @@ class AgentLoop:
     async def _run(self, turn: _Turn) -> dict[str, Any]:
         req = turn.request
         status, error = "ok", None
+        # The user's message is written while the history is read and the model called (the
+        # store runs calls in order on its thread: it lands before the answer's).
+        user_saved = asyncio.ensure_future(
+            self._save(req, "user", {"text": req.text, "context": req.context}))
         try:
-            await self._save(req, "user", {"text": req.text, "context": req.context})
             messages = await self._history(req)
-            specs = [ToolSpec(**s["function"]) for s in self.tools.specs()]
+            messages.append({"role": "user", "content": _with_context(req.text, req.context)})
+            specs = self._tool_specs()
             while True:
                 self._check_limits(turn)
                 turn.steps += 1
@@ -196,6 +203,7 @@ class AgentLoop:
                          "function": {"name": c.name, "arguments": c.arguments}}
                         for c in calls]
                 messages.append(assistant)
+                await user_saved
                 await self._save(req, "assistant", {"text": text, "tool_calls":
                                                     assistant.get("tool_calls", []),
                                                     "model": turn.model,
@@ -220,6 +228,11 @@ class AgentLoop:
         except Exception:
             log.exception("turn %s failed", req.turn_id)
             status, error = "error", "the turn failed (see the server log)"
+        if not user_saved.done():
+            await asyncio.wait({user_saved})
+        if not user_saved.cancelled() and user_saved.exception() is not None:
+            log.error("turn %s: the user message was not saved: %r", req.turn_id,
+                      user_saved.exception())
         result = {"conversation_id": req.conversation_id, "turn_id": req.turn_id,
                   "status": status, "steps": turn.steps, "tokens": turn.tokens,
                   "model": turn.model}
@@ -232,6 +245,11 @@ class AgentLoop:
             except Exception:
                 log.debug("could not record the turn error", exc_info=True)
         return result
+
+    def _tool_specs(self) -> list[ToolSpec]:
+        if self._specs is None:
+            self._specs = [ToolSpec(**s["function"]) for s in self.tools.specs()]
+        return self._specs
 
     def _check_limits(self, turn: _Turn) -> None:
         limits = self.limits
@@ -427,12 +445,16 @@ class AgentLoop:
                               req.turn_id, role, content)
 
     async def _history(self, req: TurnRequest) -> list[Message]:
-        """The conversation as model messages: the system prompt, earlier turns (text, tool
-        calls and their results) and this turn's user message with its attached context."""
+        """The conversation before this turn as model messages: the system prompt and earlier
+        turns (text, tool calls and their results)."""
+        messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
+        if req.new_conversation:
+            return messages
         records = await self.store.call(self.store.list_messages, req.conversation_id,
                                         req.user)
-        messages: list[Message] = [{"role": "system", "content": SYSTEM_PROMPT}]
         for record in records:
+            if record.turn_id == req.turn_id:
+                continue  # this turn's own user message, if it was written already
             content = record.content if isinstance(record.content, dict) else {}
             if record.role == "user":
                 messages.append({"role": "user", "content": _with_context(

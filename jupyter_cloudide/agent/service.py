@@ -94,6 +94,7 @@ class AgentService:
         """A ``chat.send``: into an existing conversation of the user, or a new one."""
         await self.ready()
         conversation_id = payload.get("conversation_id")
+        new = not conversation_id
         if conversation_id:
             await self.store.call(self.store.get_conversation, conversation_id, user)
         else:
@@ -105,7 +106,7 @@ class AgentService:
                               text=str(payload["text"]), model=payload.get("model"),
                               groups=groups, strategy=self.config.strategy,
                               context=list(payload.get("context") or []),
-                              detached_for=detached_for)
+                              detached_for=detached_for, new_conversation=new)
         emit("event", {"kind": "turn.started", "conversation_id": request.conversation_id,
                        "turn_id": request.turn_id})
         return await self.loop.run(request, emit)
