@@ -21,6 +21,7 @@ from .base import (
     Finish,
     Message,
     ProviderError,
+    SdkProvider,
     TextDelta,
     ToolCall,
     ToolCallStarted,
@@ -33,35 +34,16 @@ STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "leng
                 "tool_use": "tool_calls", "refusal": "content_filter", "pause_turn": "stop"}
 
 
-class AnthropicProvider:
-    def __init__(self, name: str, *, api_key: str | None, base_url: str | None,
-                 timeout_s: float = 60.0) -> None:
-        self.name = name
-        self.base_url = base_url
-        self._api_key = api_key
-        self._timeout_s = timeout_s
-        self._client: Any = None
+class AnthropicProvider(SdkProvider):
+    def _build(self) -> Any:
+        from anthropic import AsyncAnthropic, Timeout
 
-    def _sdk(self) -> Any:
-        if self._client is None:
-            from anthropic import AsyncAnthropic, Timeout
+        return AsyncAnthropic(
+            api_key=self._api_key or "unused", base_url=self.base_url, max_retries=0,
+            timeout=Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)))
 
-            self._client = AsyncAnthropic(
-                api_key=self._api_key or "unused", base_url=self.base_url, max_retries=0,
-                timeout=Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)))
-        return self._client
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
-    async def list_models(self) -> list[str]:
-        try:
-            page = await self._sdk().models.list()
-        except Exception as exc:
-            raise map_error(exc) from exc
-        return sorted(str(m.id) for m in page.data)
+    def _map(self, exc: BaseException) -> ProviderError:
+        return map_error(exc)
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         system, messages = to_anthropic(request.messages)

@@ -120,6 +120,42 @@ class Provider(Protocol):
         """Release connections."""
 
 
+class SdkProvider:
+    """Shared by the SDK-backed providers: one async client, built on first use (the SDK is
+    imported then, not at server start) and closed once."""
+
+    def __init__(self, name: str, *, api_key: str | None, base_url: str | None,
+                 timeout_s: float = 60.0) -> None:
+        self.name = name
+        self.base_url = base_url
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._client: Any = None
+
+    def _build(self) -> Any:
+        raise NotImplementedError
+
+    def _map(self, exc: BaseException) -> ProviderError:
+        raise NotImplementedError
+
+    def _sdk(self) -> Any:
+        if self._client is None:
+            self._client = self._build()
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def list_models(self) -> list[str]:
+        try:
+            page = await self._sdk().models.list()
+        except Exception as exc:
+            raise self._map(exc) from exc
+        return sorted(str(m.id) for m in page.data)
+
+
 def estimate_tokens(text: str) -> int:
     """~4 characters per token: the estimate used only when an upstream reports no usage."""
     return max(1, (len(text) + 3) // 4) if text else 0

@@ -19,6 +19,7 @@ from .base import (
     Event,
     Finish,
     ProviderError,
+    SdkProvider,
     TextDelta,
     ToolCall,
     ToolCallStarted,
@@ -30,38 +31,23 @@ from .base import (
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "function_call"}
 
 
-class OpenAIProvider:
+class OpenAIProvider(SdkProvider):
     def __init__(self, name: str, *, api_key: str | None, base_url: str | None,
                  timeout_s: float = 60.0, default_headers: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.base_url = base_url
-        self._api_key = api_key
-        self._timeout_s = timeout_s
+        super().__init__(name, api_key=api_key, base_url=base_url, timeout_s=timeout_s)
         self._headers = default_headers or {}
-        self._client: Any = None
 
-    def _sdk(self) -> Any:
-        if self._client is None:
-            from openai import AsyncOpenAI, Timeout
+    def _build(self) -> Any:
+        from openai import AsyncOpenAI, Timeout
 
-            # a keyless local server (Ollama) still needs a non-empty key for the SDK
-            self._client = AsyncOpenAI(
-                api_key=self._api_key or "unused", base_url=self.base_url, max_retries=0,
-                timeout=Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
-                default_headers=self._headers)
-        return self._client
+        # a keyless local server (Ollama) still needs a non-empty key for the SDK
+        return AsyncOpenAI(
+            api_key=self._api_key or "unused", base_url=self.base_url, max_retries=0,
+            timeout=Timeout(self._timeout_s, connect=min(10.0, self._timeout_s)),
+            default_headers=self._headers)
 
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
-    async def list_models(self) -> list[str]:
-        try:
-            page = await self._sdk().models.list()
-        except Exception as exc:
-            raise map_error(exc) from exc
-        return sorted(str(m.id) for m in page.data)
+    def _map(self, exc: BaseException) -> ProviderError:
+        return map_error(exc)
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
         kwargs: dict[str, Any] = {
