@@ -69,6 +69,11 @@ class TurnLimits:
     #: a pending approval is denied once its user has had no connection for this long (a page
     #: reload re-attaches well within it; a closed laptop does not)
     approval_disconnect_grace_s: float = 30.0
+    #: after every allowed model failed transiently: tries of the whole list again
+    retry_rounds: int = 2
+    base_backoff_s: float = 1.0
+    #: a Retry-After longer than this is not waited for: the turn fails visibly instead
+    max_backoff_s: float = 20.0
     model_timeout_s: float = 120.0
     max_output_tokens: int = 4096
 
@@ -266,17 +271,32 @@ class AgentLoop:
         choices = self.registry.route(req.user, req.groups, role="agent", requested=req.model,
                                       strategy=req.strategy, needs=("tools",))
         last: ProviderError | None = None
-        for attempt, choice in enumerate(choices):
-            if attempt:
-                turn.emit("event", {"kind": "model.fallback", "turn_id": req.turn_id,
-                                    "model": choice.model.id, "reason": choice.reason,
-                                    "after": last.kind if last else None})
-            try:
-                return await self._call(turn, choice, messages, specs, attempt)
-            except _Failed as failed:
-                last = failed.error
-                if failed.streamed or not failed.error.retryable:
-                    raise failed.error from None
+        attempt = 0
+        # every allowed model once; then, when all failed transiently, the list again after a
+        # backoff (at least the Retry-After asked for), a bounded number of times
+        for round_ in range(self.limits.retry_rounds + 1):
+            if round_:
+                wait = max(self.limits.base_backoff_s * 2 ** (round_ - 1),
+                           last.retry_after_s if last and last.retry_after_s else 0.0)
+                if wait > self.limits.max_backoff_s or time.monotonic() - turn.started + wait \
+                        > self.limits.max_seconds:
+                    break
+                turn.emit("event", {"kind": "model.retry", "turn_id": req.turn_id,
+                                    "after": last.kind if last else None,
+                                    "wait_s": round(wait, 2)})
+                await asyncio.sleep(wait)
+            for choice in choices:
+                if attempt:
+                    turn.emit("event", {"kind": "model.fallback", "turn_id": req.turn_id,
+                                        "model": choice.model.id, "reason": choice.reason,
+                                        "after": last.kind if last else None})
+                try:
+                    return await self._call(turn, choice, messages, specs, attempt)
+                except _Failed as failed:
+                    last = failed.error
+                    attempt += 1
+                    if failed.streamed or not failed.error.retryable:
+                        raise failed.error from None
         assert last is not None
         raise last
 
