@@ -548,6 +548,14 @@ class CloudIDEApp(ExtensionApp):
 
     # -- identity ---------------------------------------------------------------------------
 
+    @staticmethod
+    def groups_of(user: Any) -> tuple[str, ...]:
+        """The user's groups: JupyterHub's (its identity provider's user carries the hub
+        model), or a ``groups`` attribute a custom identity provider sets."""
+        hub = getattr(user, "hub_user", None)
+        raw = hub.get("groups") if isinstance(hub, dict) else getattr(user, "groups", None)
+        return tuple(sorted({str(g) for g in raw or ()}))
+
     def user_key(self, user: Any) -> str:
         """The stable name per-user state is keyed by (see ``user_identity``)."""
         if self._owner_mode:
@@ -760,7 +768,8 @@ class CloudIDEApp(ExtensionApp):
             return None if since is None else session.clock() - since
 
         agent = await self.agent_service()
-        return await agent.send(ctx.user, payload, emit, detached_for=detached_for)
+        return await agent.send(ctx.user, payload, emit, groups=session.groups,
+                                detached_for=detached_for)
 
     async def _ws_chat_cancel(self, ctx: RequestContext,
                               payload: dict[str, Any]) -> dict[str, Any]:

@@ -93,6 +93,10 @@ class AgentService:
                    detached_for: Callable[[], float | None] | None = None) -> dict[str, Any]:
         """A ``chat.send``: into an existing conversation of the user, or a new one."""
         await self.ready()
+        if payload.get("model"):
+            # refuse a model the user may not use before anything is written (403/404)
+            self.registry.route(user, groups, requested=str(payload["model"]),
+                                strategy=self.config.strategy)
         conversation_id = payload.get("conversation_id")
         new = not conversation_id
         if conversation_id:

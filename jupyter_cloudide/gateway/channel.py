@@ -144,6 +144,8 @@ class Session:
     #: a re-attached connection gets no live frames until it has replayed (keeps order)
     paused: bool = False
     detached_at: float | None = None
+    #: the user's groups (JupyterHub's, or the identity provider's), refreshed at each connect
+    groups: tuple[str, ...] = ()
     #: the manager's clock, so TTL expiry and detach times agree
     clock: Callable[[], float] = time.monotonic
     tasks: set[asyncio.Task[None]] = field(default_factory=set)

@@ -102,6 +102,7 @@ class SessionChannelHandler(
         app = self.cloudide
         user = app.user_key(self.current_user)
         session, resumed = app.sessions.open(user, self._session_id)
+        session.groups = app.groups_of(self.current_user)
         self.session = session
         self.channel = Channel(
             session,

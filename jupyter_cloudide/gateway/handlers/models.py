@@ -16,7 +16,8 @@ class ModelsHandler(CloudIDEHandler):
     @authorized
     async def get(self) -> None:
         agent = await self.cloudide.agent_service()
-        write_json(self, await agent.models_for(self.username))
+        groups = self.cloudide.groups_of(self.current_user)
+        write_json(self, await agent.models_for(self.username, groups))
 
 
 default_handlers = [(r"/cloudide/api/models", ModelsHandler)]
