@@ -725,3 +725,11 @@ class _NotFoundHandler(_Handler):
         self.anthropic = self.request.path.startswith("/v1/messages")
         self.send_error_json(404)
 
+
+def agent_config(upstream: FakeUpstream, **extra: Any) -> dict[str, Any]:
+    """CloudIDEApp settings making ``upstream`` the only model provider, as
+    OPENAI_BASE_URL/OPENAI_API_KEY would (the script queue is cleared), with no index."""
+    upstream.clear()
+    return {"providers": [{"name": "openai", "kind": "openai",
+                           "base_url": upstream.openai_base_url, "api_key": upstream.api_key}],
+            "default_model": "gpt-4o-mini", "index_enabled": False, **extra}

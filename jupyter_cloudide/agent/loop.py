@@ -181,6 +181,12 @@ class AgentLoop:
         await self.store.call(self.store.get_approval, approval_id, user)
         raise ConflictError("this approval is no longer pending")
 
+    def cancel_all(self) -> None:
+        """Server shutdown: every running turn ends (its pending approvals are denied)."""
+        for turn in list(self._turns.values()):
+            if turn.task is not None and not turn.task.done():
+                turn.task.cancel()
+
     def running(self, user: str) -> list[str]:
         return [tid for tid, t in self._turns.items() if t.request.user == user]
 

@@ -23,7 +23,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -330,10 +330,6 @@ class ModelRegistry:
                     - 0.5 * latency(m) / top_latency - self.health_of(m.id).error_rate)
 
         return sorted(models, key=lambda m: (-balanced(m), m.id))
-
-    def with_model(self, spec: ModelSpec) -> None:
-        """Declare or replace one model (tests and the admin API)."""
-        self.models[spec.id] = replace(spec)
 
     async def close(self) -> None:
         for provider in self.providers.values():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,8 +78,6 @@ class AgentService:
 
     async def models_for(self, user: str, groups: tuple[str, ...] = ()) -> dict[str, Any]:
         await self.ready()
-        import time
-
         now = time.monotonic()
         out = []
         for spec in self.registry.allowed(user, groups):
@@ -137,8 +136,5 @@ class AgentService:
         return await undo_turn(self.store, ctx, str(payload["conversation_id"]), turn_id)
 
     async def close(self) -> None:
-        for turn_id in list(self.loop._turns):
-            turn = self.loop._turns.get(turn_id)
-            if turn is not None and turn.task is not None:
-                turn.task.cancel()
+        self.loop.cancel_all()
         await self.registry.close()

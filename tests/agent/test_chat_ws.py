@@ -6,23 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cloudide_testing import MultiUserIdentity, auth
-from fake_upstream import FakeUpstream, ToolCall, Turn
+from fake_upstream import FakeUpstream, ToolCall, Turn, agent_config
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
 
 
 @pytest.fixture
@@ -32,11 +25,7 @@ def server_config() -> dict[str, Any]:
 
 @pytest.fixture
 def cloudide_config(upstream: FakeUpstream) -> dict[str, Any]:
-    upstream.clear()
-    return {"providers": [{"name": "openai", "kind": "openai",
-                           "base_url": upstream.openai_base_url,
-                           "api_key": upstream.api_key}],
-            "default_model": "gpt-4o-mini", "index_enabled": False}
+    return agent_config(upstream)
 
 
 class Chat:

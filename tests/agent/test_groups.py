@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cloudide_testing import USER_TOKENS, auth
-from fake_upstream import FakeUpstream, Turn
+from fake_upstream import FakeUpstream, Turn, agent_config
 from jupyter_server.auth import IdentityProvider, User
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -31,12 +30,6 @@ class HubLikeIdentity(IdentityProvider):
         return user
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
 @pytest.fixture
 def server_config() -> dict[str, Any]:
     return {"identity_provider_class": HubLikeIdentity}
@@ -44,10 +37,8 @@ def server_config() -> dict[str, Any]:
 
 @pytest.fixture
 def cloudide_config(upstream: FakeUpstream) -> dict[str, Any]:
-    return {"providers": [{"name": "openai", "kind": "openai",
-                           "base_url": upstream.openai_base_url, "api_key": upstream.api_key}],
-            "model_allowlist": {"*": ["gpt-4o-mini"], "group:research": ["gpt-4o"]},
-            "default_model": "gpt-4o-mini", "index_enabled": False}
+    return agent_config(upstream, model_allowlist={"*": ["gpt-4o-mini"],
+                                                   "group:research": ["gpt-4o"]})
 
 
 async def test_group_allowlist_over_rest_and_ws(cloudide: Any, jp_fetch: Any, jp_http_port: int,

@@ -10,7 +10,7 @@ OpenAI-shaped messages the rest of the agent uses (see ../shared/COMPAT.md):
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -18,7 +18,6 @@ from typing import Any
 from .base import (
     ChatRequest,
     Event,
-    Finish,
     Message,
     ProviderError,
     SdkProvider,
@@ -26,7 +25,7 @@ from .base import (
     ToolCall,
     ToolCallStarted,
     Usage,
-    estimate_tokens,
+    closing_events,
     map_sdk_error,
 )
 
@@ -60,25 +59,14 @@ class AnthropicProvider(SdkProvider):
         # the per-call timeout bounds each read of the stream, so a stall between chunks (or
         # a slow first token) fails the call without a timer of ours per chunk
         kwargs["timeout"] = request.timeout_s
-        try:
-            stream = await asyncio.wait_for(self._sdk().messages.create(**kwargs),
-                                            request.timeout_s)
-        except Exception as exc:
-            raise map_error(exc) from exc
+        stream = await self._open(self._sdk().messages.create(**kwargs), request.timeout_s)
         blocks: dict[int, dict[str, Any]] = {}
         produced: list[str] = []
         input_tokens = output_tokens = cached = 0
         saw_usage = False
         stop: str | None = None
-        iterator = stream.__aiter__()
-        try:
-            while True:
-                # stalls between chunks are the SDK's read timeout (timeout_s): no timer per
-                # chunk here, it cost ~4 ms of a 20-chunk answer (bench/agent.py)
-                try:
-                    event = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
+        async with contextlib.aclosing(self._read(stream)) as events:
+            async for event in events:
                 kind = event.type
                 if kind == "message_start":
                     usage = event.message.usage
@@ -103,26 +91,12 @@ class AnthropicProvider(SdkProvider):
                         output_tokens = int(event.usage.output_tokens or 0)
                 elif kind == "message_stop":
                     break
-        except Exception as exc:
-            raise map_error(exc) from exc
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                await close()
-        if stop is None:
-            raise ProviderError("connection", "the model's stream ended before it finished")
-        for index in sorted(blocks):
-            block = blocks[index]
-            arguments = "".join(block["args"]) or "{}"
-            produced.append(arguments)
-            yield ToolCall(block["id"], block["name"], arguments)
-        if saw_usage:
-            yield Usage(input_tokens + cached, output_tokens, cached)
-        else:
-            prompt = json.dumps(messages, default=str)
-            yield Usage(estimate_tokens(prompt), estimate_tokens("".join(produced)),
-                        estimated=True)
-        yield Finish(STOP_REASONS.get(stop, "stop"))
+        done = [ToolCall(blocks[i]["id"], blocks[i]["name"], "".join(blocks[i]["args"]) or "{}")
+                for i in sorted(blocks)]
+        counted = Usage(input_tokens + cached, output_tokens, cached) if saw_usage else None
+        for item in closing_events(None if stop is None else STOP_REASONS.get(stop, "stop"),
+                                   done, produced, counted, messages):
+            yield item
 
 
 def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:

@@ -9,22 +9,20 @@ the upstream's own counts; when a server sends none, we estimate and say so.
 
 from __future__ import annotations
 
-import asyncio
-import json
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from .base import (
     ChatRequest,
     Event,
-    Finish,
     ProviderError,
     SdkProvider,
     TextDelta,
     ToolCall,
     ToolCallStarted,
     Usage,
-    estimate_tokens,
+    closing_events,
     map_sdk_error,
 )
 
@@ -62,24 +60,14 @@ class OpenAIProvider(SdkProvider):
         # the per-call timeout bounds each read of the stream, so a stall between chunks (or
         # a slow first token) fails the call without a timer of ours per chunk
         kwargs["timeout"] = request.timeout_s
-        try:
-            stream = await asyncio.wait_for(self._sdk().chat.completions.create(**kwargs),
-                                            request.timeout_s)
-        except Exception as exc:
-            raise map_error(exc) from exc
+        stream = await self._open(self._sdk().chat.completions.create(**kwargs),
+                                  request.timeout_s)
         calls: dict[int, dict[str, Any]] = {}
         produced: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
-        iterator = stream.__aiter__()
-        try:
-            while True:
-                # stalls between chunks are the SDK's read timeout (timeout_s): no timer per
-                # chunk here, it cost ~4 ms of a 20-chunk answer (bench/agent.py)
-                try:
-                    chunk = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
+        async with contextlib.aclosing(self._read(stream)) as chunks:
+            async for chunk in chunks:
                 if getattr(chunk, "usage", None) is not None:
                     usage = _usage(chunk.usage)
                 for choice in chunk.choices or ():
@@ -100,25 +88,11 @@ class OpenAIProvider(SdkProvider):
                             call["args"].append(function.arguments)
                     if choice.finish_reason:
                         finish = str(choice.finish_reason)
-        except Exception as exc:
-            raise map_error(exc) from exc
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                await close()
-        if finish is None:
-            raise ProviderError("connection", "the model's stream ended before it finished")
-        for index in sorted(calls):
-            call = calls[index]
-            arguments = "".join(call["args"])
-            produced.append(arguments)
-            yield ToolCall(call["id"] or f"call_{index}", call["name"], arguments)
-        if usage is None:
-            prompt = json.dumps(list(request.messages), default=str)
-            usage = Usage(estimate_tokens(prompt), estimate_tokens("".join(produced)),
-                          estimated=True)
-        yield usage
-        yield Finish("tool_calls" if finish == "function_call" else finish)
+        done = [ToolCall(calls[i]["id"] or f"call_{i}", calls[i]["name"],
+                         "".join(calls[i]["args"])) for i in sorted(calls)]
+        for event in closing_events("tool_calls" if finish == "function_call" else finish,
+                                    done, produced, usage, list(request.messages)):
+            yield event
 
 
 def _usage(raw: Any) -> Usage:
