@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Dict, Enum, Float, Int, List, Unicode, default, validate
+from traitlets import Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, default, validate
 
 from ._version import __version__
 from .errors import InvalidInputError, ServiceUnavailableError
@@ -327,6 +327,46 @@ class CloudIDEApp(ExtensionApp):
         help="""Seconds without any connection of the user's session after which a pending
         approval counts as denied (a page reload re-attaches well within it).""",
     )
+    prompt_templates = Dict(
+        value_trait=Unicode(), config=True,
+        help="""System prompts by task, replacing the built-in ones: agent, chat, explain, fix
+        and summarize (used to summarise older turns). string.Template text: $workspace and
+        $date are filled in.""",
+    )
+    agent_retrieve_k = Int(
+        5, config=True,
+        help="""Workspace chunks (from the semantic index) added to the prompt for each
+        message, by relevance to it; 0 turns retrieval off.""",
+    )
+    agent_context_share = Float(
+        0.5, config=True,
+        help="""Share of the window left after the system prompt and the current turn that
+        attached context and retrieved chunks may take when the conversation's history needs
+        the rest (0-1).""",
+    )
+    agent_summarize = Bool(
+        True, config=True,
+        help="""Summarise older turns with the model once they no longer fit its window (the
+        summary is kept with the conversation). Off: older turns are condensed to their first
+        lines.""",
+    )
+
+    @validate("agent_context_share")
+    def _valid_context_share(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not 0.0 <= value <= 1.0:
+            raise TraitError("agent_context_share must be between 0 and 1")
+        return value
+
+    @validate("prompt_templates")
+    def _valid_templates(self, proposal: Any) -> dict[str, str]:
+        from .agent.templates import DEFAULT_TEMPLATES
+
+        unknown = set(proposal["value"]) - set(DEFAULT_TEMPLATES)
+        if unknown:
+            raise TraitError(f"prompt_templates: unknown task(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(DEFAULT_TEMPLATES)}")
+        return dict(proposal["value"])
 
     # -- semantic index ---------------------------------------------------------------------
 
@@ -717,7 +757,12 @@ class CloudIDEApp(ExtensionApp):
                                   max_seconds=self.agent_max_seconds,
                                   max_tokens=self.agent_max_tokens,
                                   approval_timeout_s=self.approval_timeout,
-                                  approval_disconnect_grace_s=self.approval_disconnect_grace),
+                                  approval_disconnect_grace_s=self.approval_disconnect_grace,
+                                  retrieve_k=self.agent_retrieve_k,
+                                  context_share=self.agent_context_share,
+                                  summarize=self.agent_summarize),
+                templates=dict(self.prompt_templates),
+                workspace=_folder_name(getattr(self.server.contents_manager, "root_dir", "")),
             )
             if self._agent is None:
                 self._agent = AgentService(config, store, tool_context=self._tool_context,
@@ -1025,3 +1070,10 @@ class CloudIDEApp(ExtensionApp):
 
 
 main = launch_new_instance = CloudIDEApp.launch_instance
+
+
+def _folder_name(root_dir: str) -> str:
+    """The workspace's folder name as the prompts call it (never the absolute path: that
+    would tell the model the server's layout and user name)."""
+    name = os.path.basename(os.path.normpath(root_dir)) if root_dir else ""
+    return name or "the workspace"

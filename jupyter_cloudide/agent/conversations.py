@@ -76,6 +76,15 @@ class ConversationService:
             role = message["role"]
             if role == "user":
                 lines += ["## User", "", str(content.get("text", "")), ""]
+                attached = [str(i.get("title") or i.get("path") or i.get("kind"))
+                            for i in content.get("context") or () if isinstance(i, dict)]
+                if attached:
+                    lines += [f"*Attached: {', '.join(attached)}*", ""]
+            elif role == "summary":
+                lines += [f"> *Earlier turns ({content.get('turns')}) summarised for the "
+                          "model:*", ">"]
+                lines += [f"> {line}" for line in str(content.get("text", "")).splitlines()]
+                lines.append("")
             elif role == "assistant":
                 if content.get("text"):
                     lines += ["## Assistant", "", str(content["text"]), ""]

@@ -15,6 +15,7 @@ from ..errors import InvalidInputError
 from .approvals import ApprovalPolicy
 from .loop import AgentLoop, Emit, TurnLimits, TurnRequest
 from .models import ModelRegistry, build_providers, load_secrets, model_specs, provider_configs
+from .templates import Templates
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ class AgentConfig:
     approval_cap: str = "allow"
     limits: TurnLimits = field(default_factory=TurnLimits)
     provider_timeout_s: float = 60.0
+    #: system prompts by task, over the built-in ones
+    templates: Mapping[str, str] = field(default_factory=dict)
+    #: the workspace's folder name, for the prompts
+    workspace: str = "the workspace"
 
 
 class AgentService:
@@ -55,10 +60,12 @@ class AgentService:
                                       allowlist=config.allowlist,
                                       default_model=config.default_model)
         self.tools = default_tools()
+        self.templates = Templates(config.templates, workspace=config.workspace)
         self.loop = AgentLoop(self.registry, self.tools, store,
                               policy=ApprovalPolicy(per_tool=dict(config.tool_modes),
                                                     cap=config.approval_cap),
-                              limits=config.limits, tool_context=tool_context, meter=meter)
+                              limits=config.limits, tool_context=tool_context, meter=meter,
+                              templates=self.templates)
         self._discovered: asyncio.Task[list[str]] | None = None
 
     async def ready(self) -> None:
@@ -92,6 +99,7 @@ class AgentService:
                    detached_for: Callable[[], float | None] | None = None) -> dict[str, Any]:
         """A ``chat.send``: into an existing conversation of the user, or a new one."""
         await self.ready()
+        task = self.templates.task(payload.get("task"))  # an unknown task: 400, nothing written
         if payload.get("model"):
             # refuse a model the user may not use before anything is written (403/404)
             self.registry.route(user, groups, requested=str(payload["model"]),
@@ -109,7 +117,8 @@ class AgentService:
                               text=str(payload["text"]), model=payload.get("model"),
                               groups=groups, strategy=self.config.strategy,
                               context=list(payload.get("context") or []),
-                              detached_for=detached_for, new_conversation=new)
+                              detached_for=detached_for, new_conversation=new,
+                              task=task.name, retrieve=bool(payload.get("retrieve", True)))
         emit("event", {"kind": "turn.started", "conversation_id": request.conversation_id,
                        "turn_id": request.turn_id})
         return await self.loop.run(request, emit)

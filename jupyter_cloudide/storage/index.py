@@ -177,13 +177,17 @@ class SearchHit:
     cell_index: int | None = None
     #: rank of the hit in each method that found it (1-based), for diagnostics
     ranks: dict[str, int] = field(default_factory=dict)
+    #: the whole chunk (the agent's prompt takes it; API answers carry the snippet only)
+    text: str = field(default="", repr=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, with_text: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
             "path": self.path, "language": self.language, "kind": self.kind,
             "start_line": self.start_line, "end_line": self.end_line,
             "score": round(self.score, 6), "snippet": self.snippet,
         }
+        if with_text:
+            out["text"] = self.text
         for key in ("symbol", "cell_id", "cell_index"):
             value = getattr(self, key)
             if value is not None:
@@ -535,7 +539,8 @@ def _fuse(ranked: dict[str, list[dict[str, Any]]], k: int, query: str) -> list[S
                     path=row["path"], language=row["language"], kind=row["kind"],
                     start_line=int(row["start_line"]), end_line=int(row["end_line"]),
                     score=0.0, snippet=snippet(row["text"], query), symbol=row.get("symbol"),
-                    cell_id=row.get("cell_id"), cell_index=row.get("cell_index"))
+                    cell_id=row.get("cell_id"), cell_index=row.get("cell_index"),
+                    text=row["text"])
             hit.ranks.setdefault(method, rank)
             if single:  # the method's own score: cosine similarity, or BM25
                 raw = (1.0 - float(row["_distance"])) if method == "vector" \

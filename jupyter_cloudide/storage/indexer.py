@@ -258,13 +258,15 @@ class IndexService:
     # -- searching -----------------------------------------------------------------------------
 
     async def search(self, user: str, query: str, *, k: int = 10, mode: str = "hybrid",
-                     path_glob: str | None = None, languages: tuple[str, ...] = ()
-                     ) -> dict[str, Any]:
+                     path_glob: str | None = None, languages: tuple[str, ...] = (),
+                     with_text: bool = False, wait_s: float = 30.0) -> dict[str, Any]:
+        """``with_text``: each hit also carries its whole chunk; ``wait_s``: how long a first
+        search waits for the user's index to open."""
         ui = self.user_index(user)
         if not ui.opened:
             self.request(user, scan=True)
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(ui.ready.wait(), 30)
+                await asyncio.wait_for(ui.ready.wait(), wait_s)
         if not ui.opened:
             return {"results": [], "index": ui.status()}
         where = SearchFilter(path_glob=path_glob, languages=languages)
@@ -272,7 +274,7 @@ class IndexService:
         hits = await loop.run_in_executor(
             self._searchers,
             partial(ui.index.search, query, k=k, mode=mode, where=where, pool=self._searchers))
-        return {"results": [hit.to_json() for hit in hits], "index": ui.status()}
+        return {"results": [hit.to_json(with_text) for hit in hits], "index": ui.status()}
 
     # -- the worker ----------------------------------------------------------------------------
 
