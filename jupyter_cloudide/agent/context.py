@@ -21,6 +21,9 @@ Retrieval searches the user's own semantic index with the message text and adds 
 chunks that the attached items do not already cover. It is best-effort and bounded in time:
 an index still building or switched off only means no retrieved chunks.
 
+Every block is redacted like a tool result (the server token, provider keys, credential
+shapes): a key in a notebook's output or a selected line never reaches the model.
+
 Blocks are ranked (selection, cell, file, notebook, then retrieved by relevance); the prompt
 engine (:func:`.prompt.fit`) decides per model call how many fit in the window.
 """
@@ -38,6 +41,7 @@ from .tools.contents import read_text
 from .tools.notebooks import cell_id_of, find_cell, load_notebook
 from .tools.outputs import joined, reduce_outputs
 from .tools.paths import confine_for, is_listable
+from .tools.redact import redactor
 
 log = logging.getLogger(__name__)
 
@@ -215,5 +219,10 @@ async def gather(ctx: ToolContext | None, items: Sequence[dict[str, Any]], query
     if why:
         notes.append({"kind": "retrieval", "note": why})
     blocks.extend(retrieved)
+    # the same rule as for tool results: no secret reaches the model through context either
+    clean = redactor(ctx.secrets)
+    for block in blocks:
+        if block.text:
+            block.text = clean(block.text)
     blocks.sort(key=lambda b: b.priority)
     return blocks, notes

@@ -50,6 +50,7 @@ from .providers.base import (
     Usage,
 )
 from .templates import Task, Templates
+from .tools.redact import redactor
 
 log = logging.getLogger(__name__)
 
@@ -546,6 +547,8 @@ class AgentLoop:
             return messages
         records = await self.store.call(self.store.list_messages, req.conversation_id,
                                         req.user)
+        ctx = self.tool_context(req) if self.tool_context is not None else None
+        clean = redactor(ctx.secrets if ctx is not None else ())
         covered: set[str] = set()
         summaries = [r for r in records if r.role == "summary"
                      and isinstance(r.content, dict) and r.content.get("text")]
@@ -564,7 +567,7 @@ class AgentLoop:
             content = record.content if isinstance(record.content, dict) else {}
             if record.role == "user":
                 messages.append({"role": "user", "content": _with_context(
-                    str(content.get("text", "")), content.get("context") or [])})
+                    str(content.get("text", "")), content.get("context") or [], clean)})
                 turn.history_turns.append(record.turn_id)
             elif record.role == "assistant":
                 message: Message = {"role": "assistant",
@@ -673,7 +676,8 @@ class _Failed(Exception):
         self.streamed = streamed
 
 
-def _with_context(text: str, context: list[dict[str, Any]]) -> str:
+def _with_context(text: str, context: list[dict[str, Any]],
+                  clean: Callable[[str], str]) -> str:
     """An earlier user message with what was attached to it: the items' own text (a
     selection), shortened; items read from files by their name only - the model reads the
     current version if it needs it."""
@@ -684,7 +688,7 @@ def _with_context(text: str, context: list[dict[str, Any]]) -> str:
         title = str(item.get("title") or item.get("path") or item.get("kind") or "context")
         own = item.get("text")
         if isinstance(own, str) and own:
-            cut = own[:_HISTORY_CONTEXT_CHARS]
+            cut = clean(own[:_HISTORY_CONTEXT_CHARS])
             more = " [...]" if len(own) > len(cut) else ""
             parts.append(f"\n\n[attached: {title}]\n{cut}{more}")
         else:

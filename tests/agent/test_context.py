@@ -141,6 +141,8 @@ async def test_attached_items_are_read_by_the_server_and_confined(
         response, events, _ = await chat.turn("Why does this fail?", task="fix", context=[
             {"kind": "cell", "path": "sales.ipynb", "cell_id": "c1"},
             {"kind": "selection", "text": "SELECTED_TEXT", "path": "sales.ipynb"},
+            {"kind": "selection", "text": f"key = '{upstream.api_key}'\n"
+                                          "aws = 'AKIAIOSFODNN7EXAMPLE'"},
             {"kind": "file", "path": "lib.py", "start_line": 3, "end_line": 4},
             {"kind": "file", "path": ".env"},
             {"kind": "file", "path": "../../../etc/passwd"},
@@ -155,6 +157,8 @@ async def test_attached_items_are_read_by_the_server_and_confined(
         assert "SELECTED_TEXT" in user
         assert "line3 = 3\nline4 = 4" in user and "line5" not in user
         assert "zqxjkvbw" not in json.dumps(body) and "root:" not in json.dumps(body)
+        assert upstream.api_key not in user and "AKIAIOSFODNN7EXAMPLE" not in user
+        assert "key = '" in user  # the line stays, the secret is replaced
         assert body["messages"][0]["content"].startswith(DEFAULT_TEMPLATES["fix"][:40])
         prompt = next(e for e in events if e.get("kind") == "prompt")
         assert prompt["task"] == "fix"
@@ -170,6 +174,7 @@ async def test_attached_items_are_read_by_the_server_and_confined(
         await chat.turn("And now?", conversation_id=response["payload"]["conversation_id"])
         earlier = upstream.requests[-1]["body"]["messages"][1]["content"]
         assert "[attached: sales.ipynb]" in earlier and "SELECTED_TEXT" in earlier
+        assert upstream.api_key not in earlier and "AKIAIOSFODNN7EXAMPLE" not in earlier
         assert "df.groupby" not in earlier
     finally:
         chat.conn.close()
