@@ -1,0 +1,229 @@
+import { describe, expect, it } from 'vitest';
+
+import { IFrame, IWebSocketLike, SessionChannel } from '../channel';
+import { CloudIDEError } from '../errors';
+
+/** A scripted stand-in for the browser's WebSocket (the server side is the test). */
+class FakeSocket implements IWebSocketLike {
+  readyState = 0;
+  sent: any[] = [];
+  closed: number | null = null;
+  onopen: ((ev: any) => void) | null = null;
+  onclose: ((ev: { code: number }) => void) | null = null;
+  onerror: ((ev: any) => void) | null = null;
+  onmessage: ((ev: { data: any }) => void) | null = null;
+  constructor(readonly url: string) {}
+  send(data: string): void {
+    this.sent.push(JSON.parse(data));
+  }
+  close(code = 1000): void {
+    this.closed = code;
+    this.readyState = 3;
+  }
+  // server side
+  welcome(sessionId: string, resumed: boolean, lastSeq = 0): void {
+    this.readyState = 1;
+    this.push({
+      type: 'welcome',
+      payload: { session_id: sessionId, resumed, last_seq: lastSeq, heartbeat_s: 30 }
+    });
+  }
+  push(frame: IFrame): void {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+  drop(code = 1006): void {
+    this.readyState = 3;
+    this.onclose?.({ code });
+  }
+}
+
+class MemoryStorage {
+  items = new Map<string, string>();
+  getItem(key: string): string | null {
+    return this.items.get(key) ?? null;
+  }
+  setItem(key: string, value: string): void {
+    this.items.set(key, value);
+  }
+  removeItem(key: string): void {
+    this.items.delete(key);
+  }
+}
+
+/** Timers run by hand: `run()` fires what is due, in order. */
+class Clock {
+  now = 0;
+  timers: { at: number; fn: () => void; id: number }[] = [];
+  next = 0;
+  setTimeout = (fn: () => void, ms: number): number => {
+    const id = ++this.next;
+    this.timers.push({ at: this.now + ms, fn, id });
+    return id;
+  };
+  clearTimeout = (id: number): void => {
+    this.timers = this.timers.filter(t => t.id !== id);
+  };
+  advance(ms: number): void {
+    const until = this.now + ms;
+    for (;;) {
+      this.timers.sort((a, b) => a.at - b.at);
+      const due = this.timers[0];
+      if (!due || due.at > until) {
+        break;
+      }
+      this.timers.shift();
+      this.now = due.at;
+      due.fn();
+    }
+    this.now = until;
+  }
+}
+
+function setup(storage = new MemoryStorage()) {
+  const sockets: FakeSocket[] = [];
+  const clock = new Clock();
+  const channel = new SessionChannel({
+    url: 'ws://host/base/cloudide/api/ws',
+    createSocket: url => {
+      const socket = new FakeSocket(url);
+      sockets.push(socket);
+      return socket;
+    },
+    storage,
+    random: () => 0.5,
+    setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout,
+    backoff: { initialMs: 100, factor: 2, maxMs: 1000, jitter: 0.25 }
+  });
+  const frames: IFrame[] = [];
+  channel.frameReceived.connect((_, frame) => frames.push(frame));
+  return { channel, sockets, clock, frames, storage };
+}
+
+describe('SessionChannel', () => {
+  it('correlates responses and rejects error frames with a typed error', async () => {
+    const { channel, sockets } = setup();
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    const ok = channel.request('health');
+    const bad = channel.request('chat.send', { text: 'x' });
+    const [first, second] = sockets[0].sent;
+    expect(first).toEqual({ type: 'request', id: first.id, payload: { kind: 'health' } });
+    sockets[0].push({ type: 'response', id: second.id, seq: 1,
+      error: { status: 429, code: 'rate_limited', message: 'slow down', retry_after_s: 3 } });
+    sockets[0].push({ type: 'response', id: first.id, seq: 2, payload: { status: 'ok' } });
+    await expect(ok).resolves.toEqual({ status: 'ok' });
+    const error = await bad.catch(e => e);
+    expect(error).toBeInstanceOf(CloudIDEError);
+    expect([error.status, error.code, error.retryAfter]).toEqual([429, 'rate_limited', 3]);
+  });
+
+  it('queues sends while offline and flushes them in order after the welcome', () => {
+    const { channel, sockets } = setup();
+    void channel.request('a');
+    void channel.request('b');
+    channel.connect();
+    expect(sockets[0].sent).toEqual([]);
+    sockets[0].welcome('s1', false);
+    expect(sockets[0].sent.map(f => f.payload.kind)).toEqual(['a', 'b']);
+  });
+
+  it('reconnects with backoff, resumes by seq and ignores replayed frames', () => {
+    const { channel, sockets, clock, frames } = setup();
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    sockets[0].push({ type: 'stream', seq: 1, payload: { delta: 'Hel' } });
+    sockets[0].push({ type: 'stream', seq: 2, payload: { delta: 'lo' } });
+    sockets[0].drop();
+    expect(channel.state).toBe('reconnecting');
+    clock.advance(99);
+    expect(sockets.length).toBe(1);
+    clock.advance(1);
+    expect(sockets.length).toBe(2);
+    expect(sockets[1].url).toBe('ws://host/base/cloudide/api/ws?session_id=s1&last_seq=2');
+    sockets[1].drop(); // a failed attempt: the next waits twice as long
+    clock.advance(199);
+    expect(sockets.length).toBe(2);
+    clock.advance(1);
+    sockets[2].welcome('s1', true, 3);
+    sockets[2].push({ type: 'stream', seq: 2, payload: { delta: 'lo' } }); // replayed
+    sockets[2].push({ type: 'stream', seq: 3, payload: { delta: '!' } });
+    expect(frames.map(f => f.payload.delta)).toEqual(['Hel', 'lo', '!']);
+    expect(channel.state).toBe('open');
+  });
+
+  it('a request sent before a drop is answered by the replay, not sent twice', async () => {
+    const { channel, sockets, clock } = setup();
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    const answer = channel.request('search', { query: 'q' });
+    const { id } = sockets[0].sent[0];
+    sockets[0].drop();
+    clock.advance(100);
+    sockets[1].welcome('s1', true);
+    sockets[1].push({ type: 'response', id, seq: 1, payload: { results: [] } });
+    await expect(answer).resolves.toEqual({ results: [] });
+    expect(sockets[1].sent).toEqual([]);
+  });
+
+  it('survives a reload: a new channel resumes the stored session', () => {
+    const storage = new MemoryStorage();
+    const first = setup(storage);
+    first.channel.connect();
+    first.sockets[0].welcome('s9', false);
+    first.sockets[0].push({ type: 'event', seq: 7, payload: { kind: 'turn.started' } });
+    const second = setup(storage); // the reloaded page
+    second.channel.connect();
+    expect(second.sockets[0].url).toContain('session_id=s9&last_seq=7');
+  });
+
+  it('a lost session resets: sent requests fail, sessionReset fires, seq restarts', async () => {
+    const { channel, sockets, clock, frames } = setup();
+    let resets = 0;
+    channel.sessionReset.connect(() => resets++);
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    sockets[0].push({ type: 'event', seq: 40, payload: {} });
+    const lost = channel.request('chat.send', { text: 'x' });
+    sockets[0].drop();
+    clock.advance(100);
+    sockets[1].welcome('s2', false, 0);
+    const error = await lost.catch(e => e);
+    expect(error.code).toBe('connection_lost');
+    expect(resets).toBe(1);
+    sockets[1].push({ type: 'event', seq: 1, payload: { kind: 'new' } });
+    expect(frames.map(f => f.payload.kind)).toEqual([undefined, 'new']);
+  });
+
+  it('a silent dead connection is detected by the heartbeat', () => {
+    const { channel, sockets, clock } = setup();
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    clock.advance(30_000);
+    expect(sockets[0].sent[sockets[0].sent.length - 1].type).toBe('ping');
+    clock.advance(30_000); // no pong came
+    expect(sockets[0].closed).toBe(4000);
+    clock.advance(100);
+    expect(sockets.length).toBe(2);
+  });
+
+  it('taken over by another tab: starts a session of its own', () => {
+    const { channel, sockets, clock } = setup();
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    sockets[0].drop(4009);
+    clock.advance(100);
+    expect(sockets[1].url).toBe('ws://host/base/cloudide/api/ws');
+  });
+
+  it('caps the offline queue and rejects on dispose', async () => {
+    const { channel } = setup();
+    const requests = Array.from({ length: 101 }, (_, i) =>
+      channel.request('k', { i }).catch(e => e.code)
+    );
+    expect(await requests[0]).toBe('connection_lost');
+    channel.dispose();
+    expect(await requests[100]).toBe('connection_lost');
+    await expect(channel.request('k')).rejects.toBeInstanceOf(CloudIDEError);
+  });
+});
