@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import websocket
-from .handlers import conversations, execute, health, models, search
+from .handlers import conversations, execute, health, models, search, usage
 
-ROUTE_MODULES = (health, conversations, execute, search, models, websocket)
+ROUTE_MODULES = (health, conversations, execute, search, models, usage, websocket)
 
 
 def all_handlers() -> list[tuple[str, Any]]:

@@ -32,6 +32,7 @@ SAMPLES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "rebuildIndex": ("POST", "cloudide/api/index", {}),
     "search": ("POST", "cloudide/api/search", {"query": "x", "mode": "text"}),
     "getModels": ("GET", "cloudide/api/models", None),
+    "getUsage": ("GET", "cloudide/api/usage", None),
     "renameConversation": ("PATCH", f"cloudide/api/conversations/{MISSING_ID}",
                            {"title": "t"}),
     "deleteConversation": ("DELETE", f"cloudide/api/conversations/{MISSING_ID}", None),
