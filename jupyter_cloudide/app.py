@@ -344,6 +344,13 @@ class CloudIDEApp(ExtensionApp):
         attached context and retrieved chunks may take when the conversation's history needs
         the rest (0-1).""",
     )
+    completion_model = Unicode(
+        "", config=True,
+        help="""The model inline completions use (an id from `models` or a discovered one).
+        Empty: a model declared with the "completion" role, if any; with neither, inline
+        completions are off. A model with the "fim" capability gets fill-in-the-middle
+        requests (Completions API with a suffix); others a chat "fill the hole" prompt.""",
+    )
     agent_summarize = Bool(
         True, config=True,
         help="""Summarise older turns with the model once they no longer fit its window (the
@@ -460,12 +467,16 @@ class CloudIDEApp(ExtensionApp):
     _watcher: KernelWatcher | None = None
     _index: IndexService | None = None
     _agent: AgentService | None = None
+    #: session id → its inline completion still running
+    _completions: dict[str, asyncio.Future[dict[str, Any]]]
 
     def initialize_settings(self) -> None:
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
         self._tasks = []
         self._pending_writes: set[asyncio.Future[None]] = set()
         self._usage_buffer: list[Any] = []
+        self._completions = {}
+        self._superseded: set[asyncio.Future[dict[str, Any]]] = set()
         self._components = {}
         self._db_state = {"state": "starting"}
         self._limiter_state = {"state": "starting", "backend": self.rate_limit_backend}
@@ -493,6 +504,8 @@ class CloudIDEApp(ExtensionApp):
                                schema="WsApprovalRespond")
         self.ws_kinds.register("chat.undo", self._ws_chat_undo, resource="cloudide:agent",
                                schema="WsChatUndo")
+        self.ws_kinds.register("complete", self._ws_complete, resource="cloudide:agent",
+                               rate_class="completion", schema="WsComplete")
         self.register_component("db", lambda: dict(self._db_state))
         self.register_component("rate_limiter", lambda: dict(self._limiter_state))
         self.register_component("session_channel", self._channel_state)
@@ -762,6 +775,7 @@ class CloudIDEApp(ExtensionApp):
                                   context_share=self.agent_context_share,
                                   summarize=self.agent_summarize),
                 templates=dict(self.prompt_templates),
+                completion_model=self.completion_model or None,
                 workspace=_folder_name(getattr(self.server.contents_manager, "root_dir", "")),
             )
             if self._agent is None:
@@ -815,6 +829,43 @@ class CloudIDEApp(ExtensionApp):
         agent = await self.agent_service()
         return await agent.send(ctx.user, payload, emit, groups=session.groups,
                                 detached_for=detached_for)
+
+    async def _ws_complete(self, ctx: RequestContext, payload: dict[str, Any]) -> dict[str, Any]:
+        """An inline completion, streamed as ``stream`` frames ``{completion_id, delta}``. A
+        newer request of the same session cancels the one still running (the editor moved
+        on): it answers ``status: cancelled``."""
+        from .agent.completion import CompletionRequest
+
+        agent = await self.agent_service()
+        request = CompletionRequest(
+            user=ctx.user, prefix=str(payload["prefix"]), suffix=str(payload.get("suffix", "")),
+            language=str(payload.get("language") or "python"), path=payload.get("path"),
+            model=payload.get("model"), groups=ctx.session.groups,
+            max_tokens=int(payload.get("max_tokens", 128)))
+        cid = request.completion_id
+        key = ctx.session.id
+        previous = self._completions.pop(key, None)
+        if previous is not None:
+            self._superseded.add(previous)
+            previous.cancel()
+
+        def on_delta(delta: str) -> None:
+            ctx.stream({"completion_id": cid, "delta": delta})
+
+        task = asyncio.ensure_future(agent.completions.complete(request, on_delta))
+        self._completions[key] = task
+        try:
+            result: dict[str, Any] = await task
+            return {**result, "status": "ok"}
+        except asyncio.CancelledError:
+            if task in self._superseded:
+                return {"completion_id": cid, "status": "cancelled", "text": ""}
+            task.cancel()  # this handler was cancelled (the connection went away)
+            raise
+        finally:
+            self._superseded.discard(task)
+            if self._completions.get(key) is task:
+                del self._completions[key]
 
     async def _ws_chat_cancel(self, ctx: RequestContext,
                               payload: dict[str, Any]) -> dict[str, Any]:

@@ -292,6 +292,7 @@ class FakeUpstream:
         app = tornado.web.Application(
             [
                 (r"/v1/chat/completions", _ChatCompletionsHandler, {"fake": self}),
+                (r"/v1/completions", _CompletionsHandler, {"fake": self}),
                 (r"/v1/messages", _MessagesHandler, {"fake": self}),
                 (r"/v1/models", _ModelsHandler, {"fake": self}),
                 (r"/v1/embeddings", _EmbeddingsHandler, {"fake": self}),
@@ -595,6 +596,44 @@ class _ChatCompletionsHandler(_Handler):
         yield chunk({}, turn.openai_finish_reason())
         if include_usage:
             yield {**base, "choices": [], "usage": usage}
+
+
+class _CompletionsHandler(_Handler):
+    """The legacy Completions API (``prompt`` + ``suffix``): what FIM code models serve
+    (vLLM, llama.cpp, Ollama, Codestral). Streams ``text_completion`` chunks."""
+
+    async def post(self) -> None:
+        await self.handle_turn()
+
+    async def serve(self, turn: Turn, body: dict[str, Any]) -> None:
+        model = str(body.get("model", ""))
+        prompt, completion = turn.token_usage({"prompt": body.get("prompt"),
+                                               "suffix": body.get("suffix")})
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
+                 "total_tokens": prompt + completion}
+        base = {"id": _new_id("cmpl-"), "object": "text_completion",
+                "created": int(time.time()), "model": model}
+        finish = turn.openai_finish_reason()
+
+        def choice(text: str, finish_reason: str | None) -> dict[str, Any]:
+            return {"index": 0, "text": text, "logprobs": None,
+                    "finish_reason": finish_reason}
+
+        if not body.get("stream"):
+            await self.reply_plain(turn, lambda: {**base, "choices": [choice(turn.text, finish)],
+                                                  "usage": usage})
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) \
+            and turn.report_usage
+        chunks = [{**base, "choices": [choice(piece, None)]}
+                  for piece in _pieces(turn.text, turn.chunk_size)]
+        chunks.append({**base, "choices": [choice("", finish)]})
+        if include_usage:
+            chunks.append({**base, "choices": [], "usage": usage})
+        error = {"error": self.error_body(500, turn.error_message, turn.error_type)["error"]}
+        await self.stream(turn, [f"data: {_dumps(c)}\n\n" for c in chunks],
+                          keepalive=": keep-alive\n\n", malformed="data: {not json\n\n",
+                          error=f"data: {_dumps(error)}\n\n", ending="data: [DONE]\n\n")
 
 
 class _MessagesHandler(_Handler):

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import InvalidInputError
 from .approvals import ApprovalPolicy
+from .completion import CompletionService
 from .loop import AgentLoop, Emit, TurnLimits, TurnRequest
 from .models import ModelRegistry, build_providers, load_secrets, model_specs, provider_configs
 from .templates import Templates
@@ -39,6 +40,8 @@ class AgentConfig:
     templates: Mapping[str, str] = field(default_factory=dict)
     #: the workspace's folder name, for the prompts
     workspace: str = "the workspace"
+    #: the model inline completions use (else any declared with the completion role)
+    completion_model: str | None = None
 
 
 class AgentService:
@@ -66,6 +69,9 @@ class AgentService:
                                                     cap=config.approval_cap),
                               limits=config.limits, tool_context=tool_context, meter=meter,
                               templates=self.templates)
+        self.completions = CompletionService(self.registry, self.templates,
+                                             completion_model=config.completion_model,
+                                             meter=meter)
         self._discovered: asyncio.Task[list[str]] | None = None
 
     async def ready(self) -> None:

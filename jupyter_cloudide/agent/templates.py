@@ -7,8 +7,9 @@ attached cell or code; all tools, changes under the approval policy as always). 
 a system prompt and the kinds of tools it is given; the model never sees a tool its task does
 not allow, so "chat" cannot write even if the model asks to.
 
-The ``summarize`` template is internal: it condenses earlier turns when a conversation no
-longer fits the model's window (see :mod:`.loop`).
+Two templates are internal: ``summarize`` condenses earlier turns when a conversation no
+longer fits the model's window (see :mod:`.loop`), ``complete`` is the chat "fill the hole"
+prompt of inline completions (see :mod:`.completion`).
 
 Admins override any template by name (the ``prompt_templates`` traitlet). Templates are
 ``string.Template`` text: ``$workspace`` (the workspace's folder name) and ``$date`` (today,
@@ -54,6 +55,12 @@ DEFAULT_TEMPLATES: dict[str, str] = {
         "Find the cause from the attached cell, its error output and the related code; say "
         "in one or two sentences what is wrong, then fix it with the smallest change (edit "
         "the cell or file; re-run it to check when that is safe). " + _COMMON),
+    "complete": (
+        "You are a code completion engine inside an IDE. The user's file is shown with the "
+        "cursor marked <CURSOR>. Reply with ONLY the text to insert at the cursor: no "
+        "explanation, no code fences, no repetition of the text before or after the cursor. "
+        "Complete the current statement or block; stop where the code after the cursor "
+        "continues. If nothing fits, reply with nothing."),
     "summarize": (
         "Summarise the earlier part of a conversation between a user and an IDE assistant so "
         "the conversation can continue without it. Keep: the user's goals and decisions, "

@@ -5,18 +5,17 @@ lifetime segment). Reports group in the database - by kind, model and time bucke
 month of a heavy user is one small result set, not every row. Buckets are computed in SQL
 with each dialect's own function (SQLite ``strftime``, PostgreSQL ``date_trunc``); the
 ledger's timestamps are UTC on both, so buckets are UTC days or hours.
+
+SQLAlchemy is imported on the first report, not with the routes (server start-up stays light).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
-
-from ..storage.models import UsageLedger
-from .kernel_time import KIND_BUSY, KIND_LIFETIME
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 __all__ = ["BUCKETS", "usage_report"]
 
@@ -25,6 +24,10 @@ _SQLITE_FORMAT = {"day": "%Y-%m-%dT00:00:00", "hour": "%Y-%m-%dT%H:00:00"}
 
 
 def _bucket(engine: Engine, bucket: str) -> Any:
+    from sqlalchemy import func
+
+    from ..storage.models import UsageLedger
+
     if engine.dialect.name == "sqlite":
         return func.strftime(_SQLITE_FORMAT[bucket], UsageLedger.occurred_at)
     return func.date_trunc(bucket, func.timezone("UTC", UsageLedger.occurred_at))
@@ -42,6 +45,11 @@ def _iso(value: Any) -> str:
 def usage_report(engine: Engine, user: str, *, since: datetime, until: datetime,
                  bucket: str = "day") -> dict[str, Any]:
     """Totals, per-model figures and series of ``user`` over ``[since, until)``."""
+    from sqlalchemy import func, select
+
+    from ..storage.models import UsageLedger
+    from .kernel_time import KIND_BUSY, KIND_LIFETIME
+
     if bucket not in BUCKETS:
         raise ValueError(f"bucket: one of {', '.join(BUCKETS)}")
     when = _bucket(engine, bucket).label("t")

@@ -88,6 +88,19 @@ class ChatRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FimRequest:
+    """A fill-in-the-middle completion: the text before and after the cursor."""
+
+    model: str
+    prompt: str
+    suffix: str
+    max_tokens: int = 128
+    stop: Sequence[str] = ()
+    temperature: float | None = 0.0
+    timeout_s: float = 15.0
+
+
 class ProviderError(Exception):
     """A model call failed. ``kind``: rate_limited | overloaded | server | timeout | connection
     | malformed | auth | bad_request | not_found | other. The message is safe to show a user

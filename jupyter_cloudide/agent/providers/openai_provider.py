@@ -16,6 +16,7 @@ from typing import Any
 from .base import (
     ChatRequest,
     Event,
+    FimRequest,
     ProviderError,
     SdkProvider,
     TextDelta,
@@ -92,6 +93,37 @@ class OpenAIProvider(SdkProvider):
                          "".join(calls[i]["args"])) for i in sorted(calls)]
         for event in closing_events("tool_calls" if finish == "function_call" else finish,
                                     done, produced, usage, list(request.messages)):
+            yield event
+
+
+    async def stream_fim(self, request: FimRequest) -> AsyncIterator[Event]:
+        """Fill in the middle through the Completions API (``prompt`` + ``suffix``), which
+        FIM code models on vLLM, llama.cpp, Ollama and Codestral serve."""
+        kwargs: dict[str, Any] = {
+            "model": request.model, "prompt": request.prompt, "suffix": request.suffix,
+            "max_tokens": request.max_tokens, "stream": True,
+            "stream_options": {"include_usage": True}, "timeout": request.timeout_s,
+        }
+        if request.stop:
+            kwargs["stop"] = list(request.stop)[:4]  # the API's limit
+        if request.temperature is not None:
+            kwargs["temperature"] = request.temperature
+        stream = await self._open(self._sdk().completions.create(**kwargs), request.timeout_s)
+        produced: list[str] = []
+        usage: Usage | None = None
+        finish: str | None = None
+        async with contextlib.aclosing(self._read(stream)) as chunks:
+            async for chunk in chunks:
+                if getattr(chunk, "usage", None) is not None:
+                    usage = _usage(chunk.usage)
+                for choice in chunk.choices or ():
+                    if choice.text:
+                        produced.append(choice.text)
+                        yield TextDelta(choice.text)
+                    if choice.finish_reason:
+                        finish = str(choice.finish_reason)
+        for event in closing_events(finish, [], produced, usage,
+                                    request.prompt + request.suffix):
             yield event
 
 
