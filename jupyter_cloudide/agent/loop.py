@@ -59,6 +59,10 @@ Emit = Callable[[str, dict[str, Any]], object]
 _SUMMARY_ITEM_CHARS = 400
 #: an attached item's own text kept in later turns' history (the current state is re-read)
 _HISTORY_CONTEXT_CHARS = 2000
+#: arguments of a call that did not validate, as shown to the user
+_RAW_ARGUMENTS_CHARS = 2000
+#: diffs up to this size are kept with the tool message (larger ones: the live event only)
+_SAVED_DIFF_CHARS = 200_000
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,8 @@ class _Turn:
     summary: str | None = None
     #: the turn id of each user message in the history, in order
     history_turns: list[str] = field(default_factory=list)
+    #: tokens and cost of the last model call (kept with the step's assistant message)
+    step_usage: dict[str, Any] | None = None
 
 
 class AgentLoop:
@@ -245,13 +251,17 @@ class AgentLoop:
                         for c in calls]
                 messages.append(assistant)
                 await user_saved
+                if not calls and finish == "length":
+                    status = "truncated"
+                # what a reloaded page needs to show the step as it was seen live: its usage,
+                # and whether it ended the turn
                 await self._save(req, "assistant", {"text": text, "tool_calls":
                                                     assistant.get("tool_calls", []),
                                                     "model": turn.model,
-                                                    "model_reason": turn.reason})
+                                                    "model_reason": turn.reason,
+                                                    "usage": turn.step_usage,
+                                                    "final": not calls, "status": status})
                 if not calls:
-                    if finish == "length":
-                        status = "truncated"
                     break
                 results = await asyncio.gather(*(self._tool(turn, c) for c in calls))
                 for call, content in zip(calls, results, strict=True):
@@ -424,6 +434,9 @@ class AgentLoop:
                    "cached_tokens": usage.cached_tokens, "cost": round(cost, 6),
                    "estimated": usage.estimated}
         turn.emit("event", payload)
+        if label == "step" and not failed:
+            turn.step_usage = {k: payload[k] for k in ("input_tokens", "output_tokens",
+                                                       "cached_tokens", "cost", "estimated")}
         if self.meter is None:
             return
         row = UsageEventIn(
@@ -451,7 +464,10 @@ class AgentLoop:
             tool = self.tools.get(call.name)
         except Exception as exc:  # unknown tool, invalid JSON or schema: back to the model
             message = str(getattr(exc, "message", None) or exc)
-            turn.emit("event", {"kind": "tool.result", **base, "ok": False, "content": message})
+            turn.emit("event", {"kind": "tool.result", **base, "ok": False, "content": message,
+                                "arguments": call.arguments[:_RAW_ARGUMENTS_CHARS]})
+            await self._save(req, "tool", {"tool_call_id": call.id, "name": call.name,
+                                           "ok": False, "refused": True, "content": message})
             return f"error: {message}"
         kind = str(getattr(tool.kind, "value", tool.kind))
         risks = self._risks(call.name, arguments) if kind == "execute" else []
@@ -466,7 +482,10 @@ class AgentLoop:
             message = f"the user or the policy did not allow {call.name} ({verdict.reason})" \
                 if verdict_mode == "deny" else f"{call.name} was not run"
             turn.emit("event", {"kind": "tool.result", **base, "ok": False, "content": message,
-                                "denied": True})
+                                "denied": True, "arguments": arguments})
+            await self._save(req, "tool", {"tool_call_id": call.id, "name": call.name,
+                                           "ok": False, "denied": True, "content": message,
+                                           "arguments": arguments})
             return f"error: {message}"
         context = self.tool_context(req) if self.tool_context is not None else None
         kernel = self._kernels.get(req.conversation_id)
@@ -476,10 +495,17 @@ class AgentLoop:
         if isinstance(result.data, dict) and result.data.get("kernel_id"):
             self._kernels[req.conversation_id] = str(result.data["kernel_id"])
         turn.emit("event", {"kind": "tool.result", **base, "ok": result.ok,
-                            "content": result.content, "data": result.data})
-        await self._save(req, "tool", {"tool_call_id": call.id, "name": call.name,
-                                       "ok": result.ok, "content": result.content,
-                                       "checkpoints": [vars(c) for c in result.checkpoints]})
+                            "content": result.content, "data": result.data,
+                            "arguments": arguments})
+        saved: dict[str, Any] = {"tool_call_id": call.id, "name": call.name, "ok": result.ok,
+                                 "content": result.content, "arguments": arguments,
+                                 "checkpoints": [vars(c) for c in result.checkpoints]}
+        data = result.data if isinstance(result.data, dict) else {}
+        if isinstance(data.get("diff"), str) and len(data["diff"]) <= _SAVED_DIFF_CHARS:
+            saved["diff"] = data["diff"]  # a reloaded page shows the change as it was seen
+        if data.get("path"):
+            saved["path"] = data["path"]
+        await self._save(req, "tool", saved)
         return str(result.content)
 
     def _risks(self, name: str, arguments: dict[str, Any]) -> list[str]:

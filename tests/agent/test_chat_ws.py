@@ -140,6 +140,17 @@ async def test_reads_edits_under_approval_and_runs_code(
                                         headers=auth("alice"))).body)
     roles = [m["role"] for m in detail["messages"]]
     assert roles.count("user") == 4 and "tool" in roles
+    # ... with what a reloaded page shows: the edit's diff and arguments, the denied write,
+    # each step's usage, and which step ended the turn
+    tools = [m["content"] for m in detail["messages"] if m["role"] == "tool"]
+    edit = next(t for t in tools if t["name"] == "edit_file")
+    assert edit["ok"] and "+    return df.days > 60" in edit["diff"]
+    assert edit["arguments"]["new_string"] == "> 60" and edit["path"] == "churn.py"
+    write = next(t for t in tools if t["name"] == "write_file")
+    assert write["denied"] and not write["ok"] and write["arguments"]["content"] == "oops"
+    answers = [m["content"] for m in detail["messages"] if m["role"] == "assistant"]
+    assert [a["final"] for a in answers] == [False, True] * 4
+    assert all(a["status"] == "ok" and a["usage"]["input_tokens"] > 0 for a in answers)
     # tokens reach the ledger (written in batches, a second apart)
     store = await cloudide.metadata_store()
     for _ in range(50):
