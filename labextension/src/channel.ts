@@ -28,6 +28,19 @@ export interface IFrame {
   seq?: number;
   payload?: any;
   error?: IErrorBody;
+  /**
+   * Set by the client (never on the wire): the frame had been delivered before, to this page
+   * or to the page before a reload, and is delivered again because of `replayFrom()`.
+   */
+  replayed?: boolean;
+}
+
+/** A resumed session whose replay started later than asked: frames were lost. */
+export interface IReplayGap {
+  /** The first seq that was asked for. */
+  expected: number;
+  /** The first seq that came. */
+  received: number;
 }
 
 /** The payload of the server's `welcome` frame. */
@@ -73,6 +86,11 @@ export interface IChannelOptions {
 export interface IRequestOptions {
   /** Reject when aborted (the server-side work is not cancelled by this). */
   signal?: AbortSignal;
+  /**
+   * Called at once with the request's frame id: `event`/`stream` frames the server pushes
+   * for this request carry it as their `id`.
+   */
+  onId?: (id: number) => void;
 }
 
 interface IPending {
@@ -114,7 +132,10 @@ export class SessionChannel {
     this._lastSeq = saved?.lastSeq ?? 0;
   }
 
-  /** Every `event` and `stream` frame, once each, in `seq` order. */
+  /**
+   * Every `event` and `stream` frame, once each, in `seq` order (frames that `replayFrom()`
+   * asks for again come again, marked `replayed`).
+   */
   get frameReceived(): ISignal<this, IFrame> {
     return this._frameReceived;
   }
@@ -127,6 +148,22 @@ export class SessionChannel {
   /** The server no longer had our session: frames may have been lost, refetch state. */
   get sessionReset(): ISignal<this, void> {
     return this._sessionReset;
+  }
+
+  /**
+   * `response` frames no request of this page waits for: answers to requests a page sent
+   * before it was reloaded (replayed on resume), e.g. the end of a chat turn.
+   */
+  get unmatchedResponse(): ISignal<this, IFrame> {
+    return this._unmatchedResponse;
+  }
+
+  /**
+   * A resume replayed from a later seq than asked (the server's bounded buffer had dropped
+   * the rest): what was lost must be refetched over REST.
+   */
+  get replayGap(): ISignal<this, IReplayGap> {
+    return this._replayGap;
   }
 
   get state(): ChannelState {
@@ -146,6 +183,37 @@ export class SessionChannel {
     return this._disposed;
   }
 
+  /**
+   * Have the server replay the frames after `seq` again, though they were handled before
+   * (by this page, or by the page before a reload): how a reloaded page rebuilds a chat turn
+   * that started before the reload. Replayed frames come with `replayed: true`; consumers
+   * that keep state must ignore seqs they have applied. Only ever lowers the resume point;
+   * without a stored session there is nothing to replay. When connected, the socket is
+   * reopened at once to ask for the replay.
+   */
+  replayFrom(seq: number): void {
+    if (this._disposed || !this._sessionId || !Number.isInteger(seq) || seq < 0) {
+      return;
+    }
+    if (seq >= this._lastSeq) {
+      return;
+    }
+    this._replayUntil = Math.max(this._replayUntil, this._lastSeq);
+    this._lastSeq = seq;
+    this._save();
+    const socket = this._socket;
+    if (socket) {
+      // a fresh connection resumes from `seq`; the old one's close is ignored
+      this._socket = null;
+      this._welcomed = false;
+      this._clearHeartbeat();
+      socket.onclose = null;
+      socket.onmessage = null;
+      socket.close(1000, 'replaying from an earlier seq');
+      this.connect();
+    }
+  }
+
   /** Open the socket (again); resumes the stored session if there is one. */
   connect(): void {
     if (this._disposed || this._socket) {
@@ -158,7 +226,11 @@ export class SessionChannel {
       query.set('session_id', this._sessionId);
       query.set('last_seq', String(this._lastSeq));
     }
-    const url = query.toString() ? `${this._options.url}?${query}` : this._options.url;
+    const base = this._options.url;
+    const url = query.toString()
+      ? `${base}${base.includes('?') ? '&' : '?'}${query}`
+      : base;
+    this._expectSeq = this._sessionId ? this._lastSeq + 1 : null;
     let socket: IWebSocketLike;
     try {
       socket = this._createSocket(url);
@@ -189,6 +261,7 @@ export class SessionChannel {
     }
     const id = ++this._nextId;
     const frame = JSON.stringify({ type: 'request', id, payload: { kind, ...payload } });
+    options.onId?.(id);
     return new Promise<T>((resolve, reject) => {
       const pending: IPending = { id, frame, resolve, reject, sent: false };
       this._pending.set(id, pending);
@@ -259,21 +332,33 @@ export class SessionChannel {
       return;
     }
     if (typeof frame.seq === 'number') {
+      if (this._expectSeq !== null) {
+        const expected = this._expectSeq;
+        this._expectSeq = null;
+        if (frame.seq > expected) {
+          this._replayGap.emit({ expected, received: frame.seq });
+        }
+      }
       if (frame.seq <= this._lastSeq) {
         return; // replayed, already handled
       }
       this._lastSeq = frame.seq;
       this._save();
+      if (frame.seq <= this._replayUntil) {
+        frame.replayed = true;
+      }
     }
-    if (frame.type === 'response' && typeof frame.id === 'number') {
-      const pending = this._pending.get(frame.id);
+    if (frame.type === 'response') {
+      const pending = typeof frame.id === 'number' ? this._pending.get(frame.id) : undefined;
       if (pending) {
-        this._pending.delete(frame.id);
+        this._pending.delete(pending.id);
         if (frame.error) {
           pending.reject(errorFromFrame(frame.error));
         } else {
           pending.resolve(frame.payload);
         }
+      } else {
+        this._unmatchedResponse.emit(frame);
       }
       return;
     }
@@ -285,6 +370,16 @@ export class SessionChannel {
   private _onWelcome(welcome: IWelcome): void {
     const reset = this._sessionId !== null && !welcome.resumed;
     this._sessionId = welcome.session_id;
+    if (!welcome.resumed) {
+      this._expectSeq = null;
+      this._replayUntil = 0;
+    } else if (
+      this._expectSeq !== null &&
+      typeof welcome.last_seq === 'number' &&
+      welcome.last_seq < this._expectSeq
+    ) {
+      this._expectSeq = null; // nothing to replay
+    }
     if (reset) {
       // a new session: its seq starts again, and in-flight requests will not be answered
       this._lastSeq = welcome.last_seq ?? 0;
@@ -324,6 +419,7 @@ export class SessionChannel {
       // starts a session of its own
       this._sessionId = null;
       this._lastSeq = 0;
+      this._replayUntil = 0;
       this._save();
     }
     if (FATAL_CLOSE_CODES.has(code)) {
@@ -443,6 +539,10 @@ export class SessionChannel {
   private _welcomed = false;
   private _sessionId: string | null;
   private _lastSeq: number;
+  /** Frames up to this seq were delivered before `replayFrom()` lowered the resume point. */
+  private _replayUntil = 0;
+  /** After a resuming connect: the first seq the replay should start with. */
+  private _expectSeq: number | null = null;
   private _nextId = 0;
   private _attempts = 0;
   private _retry: any = null;
@@ -454,6 +554,8 @@ export class SessionChannel {
   private _frameReceived = new Signal<this, IFrame>(this);
   private _stateChanged = new Signal<this, ChannelState>(this);
   private _sessionReset = new Signal<this, void>(this);
+  private _unmatchedResponse = new Signal<this, IFrame>(this);
+  private _replayGap = new Signal<this, IReplayGap>(this);
 }
 
 function closedError(message: string): CloudIDEError {

@@ -1,8 +1,8 @@
 /**
  * Entry point of the jupyter-cloudide JupyterLab extension.
  *
- * Each feature is its own small plugin in the exported list (the core plugin now;
- * chat, completions and search join it later).
+ * Each feature is its own small plugin in the exported list: the core plugin (health),
+ * search, usage; chat and inline completions join it.
  */
 
 import {
@@ -12,7 +12,10 @@ import {
 import { Dialog, ICommandPalette, showDialog } from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
+import { chatPlugin } from './chat/plugin';
 import { CloudIDEError } from './errors';
+import { searchPlugin } from './search/plugin';
+import { usagePlugin } from './usage/plugin';
 import { fetchHealth, healthSummary, preformattedWidget } from './health';
 import {
   CommandIDs,
@@ -124,6 +127,11 @@ const corePlugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-const plugins: JupyterFrontEndPlugin<any>[] = [corePlugin];
+const plugins: JupyterFrontEndPlugin<any>[] = [
+  corePlugin,
+  chatPlugin,
+  searchPlugin,
+  usagePlugin
+];
 
 export default plugins;

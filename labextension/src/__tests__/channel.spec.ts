@@ -226,4 +226,117 @@ describe('SessionChannel', () => {
     expect(await requests[100]).toBe('connection_lost');
     await expect(channel.request('k')).rejects.toBeInstanceOf(CloudIDEError);
   });
+  it('keeps a query string the URL already has (e.g. ?token=)', () => {
+    const storage = new MemoryStorage();
+    storage.setItem('jupyter-cloudide:session', JSON.stringify({ sessionId: 's1', lastSeq: 4 }));
+    const sockets: FakeSocket[] = [];
+    const channel = new SessionChannel({
+      url: 'ws://host/cloudide/api/ws?token=abc',
+      createSocket: url => {
+        const socket = new FakeSocket(url);
+        sockets.push(socket);
+        return socket;
+      },
+      storage
+    });
+    channel.connect();
+    expect(sockets[0].url).toBe('ws://host/cloudide/api/ws?token=abc&session_id=s1&last_seq=4');
+    channel.dispose();
+  });
+
+  it('replayFrom() after a reload replays an earlier turn, marked as replayed', () => {
+    const storage = new MemoryStorage();
+    const first = setup(storage);
+    first.channel.connect();
+    first.sockets[0].welcome('s1', false);
+    for (let seq = 1; seq <= 5; seq++) {
+      first.sockets[0].push({ type: 'event', seq, payload: { n: seq } });
+    }
+    const second = setup(storage); // the reloaded page
+    second.channel.replayFrom(2);
+    second.channel.replayFrom(4); // never raises the resume point again
+    second.channel.connect();
+    expect(second.sockets[0].url).toContain('session_id=s1&last_seq=2');
+    second.sockets[0].welcome('s1', true, 6);
+    for (let seq = 3; seq <= 6; seq++) {
+      second.sockets[0].push({ type: 'event', seq, payload: { n: seq } });
+    }
+    second.sockets[0].push({ type: 'event', seq: 4, payload: { n: 4 } }); // duplicate
+    expect(second.frames.map(f => [f.payload.n, f.replayed === true])).toEqual([
+      [3, true],
+      [4, true],
+      [5, true],
+      [6, false]
+    ]);
+    expect(second.channel.lastSeq).toBe(6);
+  });
+
+  it('replayFrom() while open reconnects at once and asks for the replay', () => {
+    const { channel, sockets, frames } = setup();
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    sockets[0].push({ type: 'stream', seq: 1, payload: { delta: 'a' } });
+    sockets[0].push({ type: 'stream', seq: 2, payload: { delta: 'b' } });
+    channel.replayFrom(0);
+    expect(sockets[0].closed).toBe(1000);
+    expect(sockets.length).toBe(2);
+    expect(sockets[1].url).toContain('session_id=s1&last_seq=0');
+    sockets[0].push({ type: 'stream', seq: 3, payload: { delta: 'late' } }); // old socket: ignored
+    sockets[1].welcome('s1', true, 2);
+    sockets[1].push({ type: 'stream', seq: 1, payload: { delta: 'a' } });
+    sockets[1].push({ type: 'stream', seq: 2, payload: { delta: 'b' } });
+    expect(frames.map(f => f.payload.delta)).toEqual(['a', 'b', 'a', 'b']);
+    expect(frames.slice(2).every(f => f.replayed)).toBe(true);
+  });
+
+  it('replayFrom() without a stored session does nothing', () => {
+    const { channel, sockets } = setup();
+    channel.replayFrom(0);
+    channel.connect();
+    expect(sockets[0].url).toBe('ws://host/base/cloudide/api/ws');
+  });
+
+  it('responses no request waits for (sent before a reload) come as unmatchedResponse', () => {
+    const { channel, sockets } = setup();
+    const unmatched: IFrame[] = [];
+    channel.unmatchedResponse.connect((_, frame) => unmatched.push(frame));
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    const mine = channel.request('x');
+    const { id } = sockets[0].sent[0];
+    sockets[0].push({ type: 'response', id: 99, seq: 1, payload: { turn_id: 't', status: 'ok' } });
+    sockets[0].push({ type: 'response', id, seq: 2, payload: { mine: true } });
+    sockets[0].push({ type: 'response', id: 99, seq: 1, payload: {} }); // duplicate: dropped
+    expect(unmatched.map(f => f.payload)).toEqual([{ turn_id: 't', status: 'ok' }]);
+    return expect(mine).resolves.toEqual({ mine: true });
+  });
+
+  it('onId gives the request id that its event frames carry', () => {
+    const { channel, sockets } = setup();
+    let requestId = -1;
+    void channel.request('chat.send', { text: 'x' }, { onId: id => (requestId = id) });
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    expect(sockets[0].sent[0].id).toBe(requestId);
+  });
+
+  it('reports a replay that starts later than asked (frames lost from the buffer)', () => {
+    const { channel, sockets, clock } = setup();
+    const gaps: any[] = [];
+    channel.replayGap.connect((_, gap) => gaps.push(gap));
+    channel.connect();
+    sockets[0].welcome('s1', false);
+    sockets[0].push({ type: 'event', seq: 3, payload: {} }); // a fresh session: no gap check
+    sockets[0].drop();
+    clock.advance(100);
+    sockets[1].welcome('s1', true, 20);
+    sockets[1].push({ type: 'event', seq: 9, payload: {} });
+    sockets[1].push({ type: 'event', seq: 10, payload: {} });
+    expect(gaps).toEqual([{ expected: 4, received: 9 }]);
+    sockets[1].drop();
+    clock.advance(200);
+    sockets[2].welcome('s1', true, 11);
+    sockets[2].push({ type: 'event', seq: 11, payload: {} });
+    expect(gaps.length).toBe(1);
+  });
 });
