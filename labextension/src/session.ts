@@ -14,9 +14,10 @@ import { API_NAMESPACE } from './tokens';
 export function channelUrl(settings: ServerConnection.ISettings): string {
   const url = URLExt.join(settings.wsUrl, API_NAMESPACE, 'ws');
   // The server authenticates the upgrade like any request: the login cookie, or the token.
-  // JupyterLab itself appends the token only when `settings.appendToken`; we append it
-  // whenever there is one (the server scrubs `token=` from its logs).
-  const token = settings.token;
+  // As JupyterLab's own kernel sockets: the token goes into the URL only when the settings
+  // say so (cross-origin servers, tests); same-origin pages use the cookie, which keeps the
+  // token out of proxy logs.
+  const token = settings.appendToken ? settings.token : '';
   return token ? `${url}?token=${encodeURIComponent(token)}` : url;
 }
 

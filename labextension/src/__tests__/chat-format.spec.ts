@@ -35,12 +35,14 @@ describe('chat text formatting', () => {
 });
 
 describe('session channel URL', () => {
-  const settings = (token: string) => ServerConnection.makeSettings({
-    baseUrl: 'http://host/user/x/', wsUrl: 'ws://host/user/x/', token });
+  const settings = (token: string, appendToken = true) => ServerConnection.makeSettings({
+    baseUrl: 'http://host/user/x/', wsUrl: 'ws://host/user/x/', token, appendToken });
 
-  it('is cloudide/api/ws under the ws URL, with the token when there is one', () => {
+  it('is cloudide/api/ws under the ws URL, with the token only where JupyterLab appends it', () => {
     expect(channelUrl(settings(''))).toBe('ws://host/user/x/cloudide/api/ws');
     expect(channelUrl(settings('a b&c'))).toBe('ws://host/user/x/cloudide/api/ws?token=a%20b%26c');
+    // same-origin pages authenticate the upgrade with the login cookie
+    expect(channelUrl(settings('secret', false))).toBe('ws://host/user/x/cloudide/api/ws');
   });
 
   it('one channel per page', () => {
