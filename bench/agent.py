@@ -38,10 +38,11 @@ p50 and p99 for both, and ``targets``. Also:
   gaps between the arrivals of the frames a turn pushes (``turn.started``, ``prompt``,
   ``model.call``, first and last ``stream``, ``turn.usage``, ``response``), the same gaps of
   ``direct`` (first / last content chunk, end) and the WS ping round trip (``ping`` ->
-  ``pong``, no dispatch), i.e. the socket hop alone. Frames are written when the server's
-  loop gets control: ``prompt`` and ``model.call`` are emitted just before the SDK builds
-  its request but leave after it, so ``turn_started_to_model_call`` holds part of the SDK's
-  own time and ``model_call_to_first`` is correspondingly short.
+  ``pong``, no dispatch), i.e. the socket hop alone. A frame emitted while the connection
+  is idle is written at once, so ``prompt`` and ``model.call`` leave before the SDK builds
+  its request and ``model_call_to_first`` holds the SDK's request time. Deltas emitted
+  while an earlier frame is still queued are merged into it (one ``stream`` frame, the
+  texts concatenated): ``last`` is the arrival of the frame carrying the last delta.
 - ``cpu_ms_per_turn``: CPU (user + system, /proc) per turn of the server while each side ran,
   and of this process (the SDK client for ``direct``, the WS client for ``ours``). On a small
   machine the server's CPU per turn is most of its latency.
@@ -391,8 +392,8 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("openai SDK: request (build, send, headers)", ("AsyncCompletions.create",)),
     ("openai SDK: stream decode", ("AsyncStream.", "SSEDecoder", "_streaming.py")),
     ("ws out: frame encode + queue (Session.emit)", ("Session.emit",)),
-    ("ws out: tornado write (SessionChannelHandler._flush)",
-     ("SessionChannelHandler._flush", "WebSocketProtocol13.write_message")),
+    ("ws out: socket write (SessionChannelHandler._write_queued)",
+     ("SessionChannelHandler._write_queued", "WebSocketProtocol13.write_message")),
     ("ws in: read + dispatch", ("WebSocketProtocol13._receive_frame", "Channel.handle_text",
                                 "SessionChannelHandler.on_message")),
     ("history: list -> messages", ("AgentLoop._history",)),

@@ -21,7 +21,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..errors import CloudIDEError, ForbiddenError, InvalidInputError, RateLimitedError
+from ..errors import (
+    CloudIDEError,
+    ConflictError,
+    ForbiddenError,
+    InvalidInputError,
+    RateLimitedError,
+)
 from . import spec
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,10 @@ class FrameSink(Protocol):
     def close_sink(self, code: int, reason: str) -> None:
         """Close the underlying connection."""
 
+    def replace_queued(self, old: str, new: str) -> bool:
+        """Put ``new`` in place of ``old`` if ``old`` (the same object) is the last frame
+        queued and not yet written; False if it was written (or anything came after it)."""
+
 
 class RateCheck(Protocol):
     """What the channel needs of the rate limiter (see ratelimit.RateLimiter.check)."""
@@ -52,9 +62,17 @@ class RateCheck(Protocol):
         """A ratelimit.Decision, or None when no limit applies."""
 
 
+#: one encoder for every frame (json.dumps with options builds a JSONEncoder per call)
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: how an encoded ``stream`` frame whose payload ends with a string ``delta`` ends
+_DELTA_END = '"}}'
+#: a merged stream frame stops growing here (characters): frames stay modest for clients
+MAX_MERGED_FRAME = 64 * 1024
+
+
 def encode(frame: JsonDict) -> str:
     """Compact JSON for the wire; non-ASCII kept as is (the socket is UTF-8 anyway)."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    return _encode(frame)
 
 
 # ------------------------------------------------------------------------------------------
@@ -132,6 +150,37 @@ class RequestRegistry:
 
 
 @dataclass
+class _OpenStream:
+    """The last frame of a session when it is a ``stream`` frame whose payload ends with a
+    string ``delta``: what a following delta must match to be merged into it."""
+
+    seq: int
+    request_id: str | int | None
+    #: the payload's other items (turn, conversation): a merged delta must have the same
+    rest: tuple[tuple[str, Any], ...]
+    #: the encoded frame, as buffered and queued (identity is checked, not equality)
+    text: str
+
+    @classmethod
+    def of(cls, seq: int, request_id: str | int | None, payload: JsonDict,
+           text: str) -> _OpenStream | None:
+        if not payload or next(reversed(payload)) != "delta" \
+                or not isinstance(payload["delta"], str) or not text.endswith(_DELTA_END):
+            return None
+        return cls(seq, request_id, tuple((k, v) for k, v in payload.items() if k != "delta"),
+                   text)
+
+    def matches(self, payload: JsonDict) -> bool:
+        """The same keys, delta last and a string, the rest equal and of the same types (the
+        merged frame keeps the first frame's encoding of them: 1 == 1.0 == True in Python)."""
+        if len(payload) != len(self.rest) + 1 or next(reversed(payload)) != "delta" \
+                or not isinstance(payload["delta"], str):
+            return False
+        return all(k in payload and type(payload[k]) is type(v) and payload[k] == v
+                   for k, v in self.rest)
+
+
+@dataclass
 class Session:
     """One user's channel state, kept across reconnects until its TTL runs out."""
 
@@ -151,6 +200,8 @@ class Session:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _buffer: deque[tuple[int, str]] = field(default_factory=deque)
     _buffer_bytes: int = 0
+    #: the last frame, while it is a ``stream`` frame that later deltas may be merged into
+    _open_stream: _OpenStream | None = None
 
     @property
     def last_seq(self) -> int:
@@ -158,7 +209,16 @@ class Session:
 
     def emit(self, frame_type: str, payload: JsonDict, *, request_id: str | int | None = None,
              error: JsonDict | None = None) -> int:
-        """Number, buffer and (if a live connection is attached) send one frame."""
+        """Number, buffer and (if a live connection is attached) send one frame.
+
+        A ``stream`` delta emitted while the previous frame, a delta of the same request, is
+        still queued unwritten in the sink is appended to that frame's ``delta`` instead (its
+        seq is returned): a burst of model tokens leaves as one frame, not one frame (encode,
+        buffer entry, client parse) per token. Nothing that was written is ever changed."""
+        if frame_type == "stream" and error is None and self._open_stream is not None:
+            merged = self._merge_delta(payload, request_id)
+            if merged:
+                return merged
         seq = self.next_seq
         frame: JsonDict = {"type": frame_type, "seq": seq}
         if request_id is not None:
@@ -170,13 +230,39 @@ class Session:
         text = encode(frame)  # may raise: only then is the seq taken, so seqs have no gaps
         self.next_seq += 1
         self._remember(seq, text)
+        self._open_stream = _OpenStream.of(seq, request_id, payload, text) \
+            if frame_type == "stream" and error is None else None
         if self.sink is not None and not self.paused:
             self._deliver(text)
         return seq
 
+    def _merge_delta(self, payload: JsonDict, request_id: str | int | None) -> int:
+        """Append ``payload``'s delta to the open stream frame if that frame is still queued
+        in a live sink; its seq, or 0 when the delta must be a frame of its own."""
+        open_ = self._open_stream
+        sink = self.sink
+        if (open_ is None or sink is None or self.paused or request_id != open_.request_id
+                or not open_.matches(payload) or not self._buffer
+                or self._buffer[-1][1] is not open_.text):
+            return 0
+        # The frame ends with the delta's closing quote and two braces (see _OpenStream.of):
+        # the escaped new text goes in front of them.
+        text = open_.text[:-len(_DELTA_END)] + _encode(payload["delta"])[1:-1] + _DELTA_END
+        if len(text) > MAX_MERGED_FRAME or not sink.replace_queued(open_.text, text):
+            self._open_stream = None  # written: the next delta starts a frame
+            return 0
+        self._buffer[-1] = (open_.seq, text)
+        self._buffer_bytes += len(text) - len(open_.text)
+        open_.text = text
+        self._trim()
+        return open_.seq
+
     def _remember(self, seq: int, text: str) -> None:
         self._buffer.append((seq, text))
         self._buffer_bytes += len(text)
+        self._trim()
+
+    def _trim(self) -> None:
         while self._buffer and (
             len(self._buffer) > self.replay_frames or self._buffer_bytes > self.replay_bytes
         ):
@@ -199,6 +285,7 @@ class Session:
         Returns (frames replayed, gap) where gap means frames after last_seq were already
         dropped from the buffer: the client must refetch state over REST.
         """
+        self._open_stream = None
         first_kept = self._buffer[0][0] if self._buffer else self.next_seq
         gap = last_seq + 1 < first_kept and last_seq < self.last_seq
         count = 0
@@ -219,12 +306,14 @@ class Session:
         self.sink = sink
         self.paused = paused
         self.detached_at = None
+        self._open_stream = None
 
     def detach(self, sink: FrameSink) -> None:
         """Forget ``sink`` if it is the live one (a stale close must not detach a newer one)."""
         if self.sink is sink:
             self.sink = None
             self.paused = False
+            self._open_stream = None
             self.detached_at = self.clock()
 
     def cancel_tasks(self) -> None:
@@ -377,6 +466,11 @@ class Channel:
                 "request: 'id' and 'payload' are required", field="id" if request_id is None
                 else "payload"))
             return
+        try:
+            spec.check_unicode(payload, text)  # no handler ever sees an unpaired surrogate
+        except InvalidInputError as e:
+            self._send_error(request_id, e)
+            return
         if len(self.session.tasks) >= self._max_inflight:
             self._send_error(request_id, RateLimitedError(
                 f"too many requests in flight on this session (max {self._max_inflight})",
@@ -414,7 +508,12 @@ class Channel:
             self._send_error(request_id, e)
         except asyncio.CancelledError:
             status = "cancelled"
-            raise
+            if _cancel_was_for_us():
+                raise
+            # The handler let the cancellation of work of its own escape (an agent turn
+            # cancelled twice): this request was not cancelled, so it still gets an answer.
+            self._send_error(request_id, ConflictError(
+                "the request was cancelled before it could finish"))
         except Exception:
             status = "internal_error"
             log.exception("request kind %r failed", kind_name)
@@ -449,6 +548,15 @@ def _envelope_ok(frame: JsonDict) -> bool:
         if not isinstance(name, str) or not 1 <= len(name) <= 64:
             return False
     return True
+
+
+def _cancel_was_for_us() -> bool:
+    """Whether a CancelledError seen in the current task was asked for by cancelling this
+    task (session dropped, server stopping), rather than raised out of an awaited task that
+    was cancelled. Python 3.10 cannot tell: it is taken as ours."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or bool(cancelling())
 
 
 def _safe_id(value: Any) -> str | int | None:

@@ -22,6 +22,11 @@ from ..errors import InvalidInputError
 
 SPEC_URI = "urn:jupyter-cloudide:api"
 _MAX_MESSAGE = 240
+_MAX_FIELD = 64
+#: a JSON escape of a UTF-16 surrogate; json.loads turns an unpaired one into a str that no
+#: UTF-8 encoder (SQLite, the model SDKs, the socket) accepts
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _METHODS = ("get", "put", "post", "delete", "patch")
 
 
@@ -114,7 +119,14 @@ def _field_of(error: ValidationError) -> str:
         missing = [k for k in error.validator_value if k not in error.instance]
         if missing:
             parts.append(missing[0])
-    return ".".join(parts) or "(body)"
+    return _short_field(".".join(parts))
+
+
+def _short_field(path: str) -> str:
+    """A field path fit to send back: a client's made-up key (1 MB of it) is not echoed."""
+    if len(path) > _MAX_FIELD:
+        return path[:_MAX_FIELD] + "…"
+    return path or "(body)"
 
 
 def _describe(error: ValidationError, field: str) -> str:
@@ -138,6 +150,41 @@ def validate_schema(instance: Any, pointer: str) -> None:
     if error is not None:
         field = _field_of(error)
         raise InvalidInputError(_describe(error, field), field=field)
+
+
+def check_unicode(value: Any, text: str) -> None:
+    """Refuse an unpaired surrogate anywhere in ``value``, parsed from the JSON ``text``.
+
+    JSON may spell one (``"\\ud800"``) although no UTF-8 text can hold it; accepted, it makes
+    the first database write or model call that encodes it fail as a server error. Raises
+    InvalidInputError naming the field. Only a text with such an escape is walked."""
+    if not _SURROGATE_ESCAPE.search(text):
+        return
+    path = _surrogate_path(value)
+    if path is not None:
+        field = _short_field(path)
+        raise InvalidInputError(f"{field}: not valid Unicode (an unpaired surrogate)",
+                                field=field)
+
+
+def _surrogate_path(value: Any) -> str | None:
+    """The dotted path of the first string holding a surrogate (json.loads pairs the valid
+    ones, so any left is unpaired), or None. Iterative: the value may be nested as deep as
+    the parser allows."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return path
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if _SURROGATE.search(key):
+                    return path  # the key itself: name the object holding it
+                stack.append((sub, f"{path}.{key}" if path else key))
+        elif isinstance(item, list):
+            stack.extend((sub, f"{path}.{i}" if path else str(i)) for i, sub in enumerate(item))
+    return None
 
 
 def schema_pointer(name: str) -> str:
@@ -181,4 +228,5 @@ def decode_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidInputError(
             f"body: expected a JSON object, got {type(value).__name__}", field="(body)"
         )
+    check_unicode(value, text)
     return value

@@ -35,18 +35,34 @@ JsonDict = dict[str, Any]
 
 
 class FakeSink:
-    """A FrameSink that records what it got; refuses frames after ``capacity`` of them."""
+    """A FrameSink that records what it got; refuses frames after ``capacity`` of them.
 
-    def __init__(self, capacity: int | None = None) -> None:
+    With ``hold``, frames stay queued (not written) until ``write_all``: only those can be
+    replaced (a stream delta merged into them)."""
+
+    def __init__(self, capacity: int | None = None, *, hold: bool = False) -> None:
         self.capacity = capacity
+        self.hold = hold
         self.sent: list[str] = []
+        self.written = 0
         self.closed: list[tuple[int, str]] = []
 
     def send_text(self, text: str) -> bool:
         if self.capacity is not None and len(self.sent) >= self.capacity:
             return False
         self.sent.append(text)
+        if not self.hold:
+            self.written = len(self.sent)
         return True
+
+    def replace_queued(self, old: str, new: str) -> bool:
+        if len(self.sent) > self.written and self.sent[-1] is old:
+            self.sent[-1] = new
+            return True
+        return False
+
+    def write_all(self) -> None:
+        self.written = len(self.sent)
 
     def close_sink(self, code: int, reason: str) -> None:
         self.closed.append((code, reason))
@@ -242,6 +258,107 @@ def test_frame_bigger_than_byte_bound_is_not_kept_and_reported_as_gap() -> None:
     session.attach(sink, paused=True)
     assert session.replay(0) == (0, True)
     assert sink.sent == []
+
+
+# ------------------------------------------------------------------------------------------
+# stream deltas merged while their frame is still queued
+
+
+def delta(text: str, turn: str = "t1") -> JsonDict:
+    return {"conversation_id": "c1", "turn_id": turn, "delta": text}
+
+
+def test_stream_deltas_merge_into_the_frame_still_queued() -> None:
+    session = make_session()
+    sink = FakeSink(hold=True)
+    session.attach(sink, paused=False)
+    assert session.emit("event", {"kind": "turn.started"}, request_id="r") == 1
+    assert [session.emit("stream", delta(t), request_id="r") for t in ("He", "l", "lo")] \
+        == [2, 2, 2]
+    assert session.last_seq == 2
+    assert sink.frames() == [
+        {"type": "event", "seq": 1, "id": "r", "payload": {"kind": "turn.started"}},
+        {"type": "stream", "seq": 2, "id": "r", "payload": delta("Hello")},
+    ]
+    sink.write_all()
+    # written: the next delta is a frame of its own, with the next seq
+    assert session.emit("stream", delta("!"), request_id="r") == 3
+    assert session.emit("response", {"status": "ok"}, request_id="r") == 4
+    assert [f["seq"] for f in sink.frames()] == [1, 2, 3, 4]
+    # the replay buffer holds exactly what was sent
+    fresh = FakeSink()
+    session.attach(fresh, paused=True)
+    assert session.replay(0) == (4, False)
+    assert fresh.sent == sink.sent
+
+
+def test_merged_delta_is_escaped_like_the_rest_of_the_frame() -> None:
+    session = make_session()
+    sink = FakeSink(hold=True)
+    session.attach(sink, paused=False)
+    parts = ['say "hi"', "\n\\", "é😀", "\u0000</script>", "\ud800"]
+    for part in parts:
+        session.emit("stream", delta(part), request_id=7)
+    assert len(sink.sent) == 1
+    assert sink.frames()[0]["payload"]["delta"] == "".join(parts)
+    assert sink.sent[0] == encode({"type": "stream", "seq": 1, "id": 7,
+                                   "payload": delta("".join(parts))})
+
+
+@pytest.mark.parametrize("second", [
+    {"request_id": "other", "payload": delta("b")},
+    {"request_id": "r", "payload": delta("b", turn="t2")},
+    {"request_id": "r", "payload": {"conversation_id": "c1", "turn_id": "t1"}},
+    {"request_id": "r", "payload": {"delta": "b", "conversation_id": "c1", "turn_id": "t1"}},
+    {"request_id": "r", "payload": {**delta("b"), "extra": 1}},
+    {"request_id": "r", "payload": {"conversation_id": "c1", "turn_id": "t1", "delta": 5}},
+    {"request_id": "r", "payload": {"conversation_id": 1, "turn_id": "t1", "delta": "b"}},
+], ids=["other-request", "other-turn", "no-delta", "delta-not-last", "more-keys", "not-text",
+        "equal-other-type"])
+def test_stream_frames_that_differ_are_not_merged(second: JsonDict) -> None:
+    session = make_session()
+    sink = FakeSink(hold=True)
+    session.attach(sink, paused=False)
+    first = delta("a")
+    if second["payload"].get("conversation_id") == 1:
+        first["conversation_id"] = 1.0  # equal in Python, not on the wire
+    session.emit("stream", first, request_id="r")
+    assert session.emit("stream", second["payload"], request_id=second["request_id"]) == 2
+    assert [f["payload"] for f in sink.frames()] == [first, second["payload"]]
+
+
+def test_no_merge_across_other_frames_or_without_a_live_sink() -> None:
+    session = make_session()
+    sink = FakeSink(hold=True)
+    session.attach(sink, paused=False)
+    session.emit("stream", delta("a"), request_id="r")
+    session.emit("event", {"kind": "tool.call"}, request_id="r")
+    assert session.emit("stream", delta("b"), request_id="r") == 3
+    # paused (re-attached, not yet resumed) and detached: frames only go to the buffer, and a
+    # client may already hold the last one from its previous connection
+    session.attach(FakeSink(hold=True), paused=True)
+    assert session.emit("stream", delta("c"), request_id="r") == 4
+    assert session.sink is not None
+    session.detach(session.sink)
+    assert session.emit("stream", delta("d"), request_id="r") == 5
+    assert session.emit("stream", delta("e"), request_id="r") == 6
+    fresh = FakeSink()
+    session.attach(fresh, paused=True)
+    session.replay(0)
+    assert [f["payload"].get("delta") for f in fresh.frames()] == \
+        ["a", None, "b", "c", "d", "e"]
+
+
+def test_frame_written_after_a_later_frame_was_queued_is_not_reopened() -> None:
+    """A pong (sent straight to the sink, not numbered) queued after the open frame means
+    that frame is no longer the last one queued: the next delta is a frame of its own."""
+    session = make_session()
+    sink = FakeSink(hold=True)
+    session.attach(sink, paused=False)
+    session.emit("stream", delta("a"), request_id="r")
+    sink.send_text(encode({"type": "pong"}))
+    assert session.emit("stream", delta("b"), request_id="r") == 2
+    assert [f.get("payload", {}).get("delta") for f in sink.frames()] == ["a", None, "b"]
 
 
 def test_attach_closes_previous_sink_with_taken_over() -> None:

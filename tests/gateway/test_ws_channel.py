@@ -284,6 +284,22 @@ async def test_oversized_integer_gets_error_and_connection_stays_usable(
     conn.close()
 
 
+async def test_lone_surrogate_echoed_back_as_an_escape(cloudide: Any, jp_ws_fetch: Any) -> None:
+    """JSON lets a client send a lone surrogate (``"\\ud800"``), which has no UTF-8 form: the
+    frames echoing it (pong, response) must still go out, as valid UTF-8 with the character
+    escaped, in order, and the connection must stay usable."""
+    conn, _ = await open_ws(jp_ws_fetch)
+    await send(conn, '{"type":"ping","id":"\\ud800"}')
+    await send(conn, '{"type":"request","id":"\\udfff-x","payload":{"kind":"health"}}')
+    pong = await recv_text(conn)
+    assert "\\ud800" in pong and json.loads(pong) == {"type": "pong", "id": "\ud800"}
+    response = await recv(conn)
+    assert response["type"] == "response" and response["id"] == "\udfff-x"
+    assert "components" in response["payload"]
+    await ping(conn, "after")
+    conn.close()
+
+
 @pytest.mark.parametrize("params", [{"last_seq": "-1"}, {"last_seq": "abc"},
                                     {"last_seq": "\u00b2"}, {"last_seq": "1" * 19},
                                     {"session_id": "a/b"}, {"session_id": "x" * 65}],
@@ -529,6 +545,65 @@ async def test_slow_reader_is_disconnected_and_can_resume(
     assert (await recv(conn2))["payload"] == {"sent": 10}
     assert (await recv(conn2))["payload"] == {"replayed": 2, "gap": False, "last_seq": 11}
     conn2.close()
+
+
+@pytest.mark.parametrize("cloudide_config", [{"ws_send_queue_frames": 4, "ws_replay_frames": 2}],
+                         ids=["queue4"])
+async def test_reader_that_stops_reading_is_disconnected(
+    cloudide: Any, jp_ws_fetch: Any, cloudide_config: dict[str, Any]
+) -> None:
+    """Frames a loop iteration apart (no burst) to a client that stopped reading: once the
+    socket takes no more bytes, frames wait in the bounded queue, which then fills → 4008."""
+    done = asyncio.Event()
+    chunk = "z" * 200_000
+
+    async def firehose(ctx: RequestContext, payload: JsonDict) -> JsonDict:
+        try:
+            for n in range(300):  # 60 MB if nothing stopped it: far above socket buffers
+                if ctx.session.sink is None:
+                    return {"cut_off_after": n}
+                ctx.event({"n": n, "pad": chunk})
+                await asyncio.sleep(0)
+            return {"cut_off_after": None}
+        finally:
+            done.set()
+
+    cloudide.ws_kinds.register("test.firehose", firehose, resource="cloudide:session")
+    conn, _ = await open_ws(jp_ws_fetch)
+    await send(conn, {"type": "request", "id": "f", "payload": {"kind": "test.firehose"}})
+    await asyncio.wait_for(done.wait(), TIMEOUT)  # the client reads nothing meanwhile
+    assert all_detached(cloudide)
+    assert await wait_closed(conn) == 4008
+
+
+async def test_burst_of_stream_deltas_first_alone_then_merged(cloudide: Any,
+                                                              jp_ws_fetch: Any) -> None:
+    """Deltas emitted back to back: the first leaves at once as it is, the ones emitted while
+    it was written are merged into the next frame; the text and the seq order are intact."""
+    parts = [f"tok{n} " for n in range(30)]
+
+    async def burst(ctx: RequestContext, payload: JsonDict) -> JsonDict:
+        for part in parts:
+            ctx.stream({"turn_id": "t", "delta": part})
+        return {"n": len(parts)}
+
+    cloudide.ws_kinds.register("test.deltas", burst, resource="cloudide:session")
+    conn, _ = await open_ws(jp_ws_fetch)
+    await send(conn, {"type": "request", "id": "d", "payload": {"kind": "test.deltas"}})
+    frames = []
+    while True:
+        frame = await recv(conn)
+        frames.append(frame)
+        if frame["type"] == "response":
+            break
+    streams = [f for f in frames if f["type"] == "stream"]
+    assert streams[0]["payload"] == {"turn_id": "t", "delta": parts[0]}
+    assert "".join(f["payload"]["delta"] for f in streams) == "".join(parts)
+    assert 1 < len(streams) < len(parts)
+    assert [f["seq"] for f in frames] == list(range(frames[0]["seq"], frames[0]["seq"]
+                                                     + len(frames)))
+    await ping(conn)
+    conn.close()
 
 
 @pytest.mark.parametrize("cloudide_config", [{"ws_max_inflight_requests": 1}], ids=["inflight1"])
