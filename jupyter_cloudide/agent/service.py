@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInputError
+from ..errors import CloudIDEError, InvalidInputError
 from .approvals import ApprovalPolicy
 from .completion import CompletionService
 from .loop import AgentLoop, Emit, TurnLimits, TurnRequest
@@ -98,7 +98,15 @@ class AgentService:
             item["health"] = self.registry.health_of(spec.id).to_json(now)
             out.append(item)
         return {"models": out, "default": self.registry.default_model,
-                "strategy": self.config.strategy}
+                "strategy": self.config.strategy,
+                "completion_model": self._completion_model(user, groups)}
+
+    def _completion_model(self, user: str, groups: tuple[str, ...]) -> str | None:
+        """The model inline completions would use for this user, or None (they are off)."""
+        try:
+            return self.completions.choices(user, groups, None)[0].model.id
+        except CloudIDEError:
+            return None
 
     async def send(self, user: str, payload: dict[str, Any], emit: Emit,
                    groups: tuple[str, ...] = (),

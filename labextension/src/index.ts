@@ -13,6 +13,7 @@ import { Dialog, ICommandPalette, showDialog } from '@jupyterlab/apputils';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { chatPlugin } from './chat/plugin';
+import { completerPlugin } from './completer/plugin';
 import { CloudIDEError } from './errors';
 import { searchPlugin } from './search/plugin';
 import { usagePlugin } from './usage/plugin';
@@ -130,6 +131,7 @@ const corePlugin: JupyterFrontEndPlugin<void> = {
 const plugins: JupyterFrontEndPlugin<any>[] = [
   corePlugin,
   chatPlugin,
+  completerPlugin,
   searchPlugin,
   usagePlugin
 ];

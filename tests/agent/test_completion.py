@@ -116,6 +116,9 @@ async def test_fim_model_gets_prompt_and_suffix_and_is_metered(
         assert streamed == "xs) / len(xs)" and len(upstream.requests) == calls
     finally:
         chat.conn.close()
+    models = json.loads((await jp_fetch("cloudide", "api", "models",
+                                        headers=auth("alice"))).body)
+    assert models["completion_model"] == "coder"
     await cloudide._flush_usage()
     store = await cloudide.metadata_store()
     rows = [r for r in store.list_usage_events("alice") if r.route == "completion"]
@@ -195,5 +198,7 @@ async def test_without_a_completion_model_the_request_says_so(
         assert "completion" in frame["error"]["message"]
     finally:
         chat.conn.close()
-    models = await jp_fetch("cloudide", "api", "models", headers=auth("alice"))
-    assert not any("completion" in m["roles"] for m in json.loads(models.body)["models"])
+    models = json.loads((await jp_fetch("cloudide", "api", "models",
+                                        headers=auth("alice"))).body)
+    assert not any("completion" in m["roles"] for m in models["models"])
+    assert models["completion_model"] is None
