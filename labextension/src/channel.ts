@@ -127,6 +127,9 @@ export class SessionChannel {
     this._setTimeout = options.setTimeout ?? ((fn, ms) => setTimeout(fn, ms));
     this._clearTimeout = options.clearTimeout ?? (h => clearTimeout(h));
     this._random = options.random ?? Math.random;
+    // Request ids start at a random point: a reloaded page resumes the old page's session,
+    // and an id the old page used must not match this page's requests.
+    this._nextId = Math.floor(this._random() * 1e9);
     const saved = this._load();
     this._sessionId = saved?.sessionId ?? null;
     this._lastSeq = saved?.lastSeq ?? 0;

@@ -166,6 +166,22 @@ describe('SessionChannel', () => {
     expect(sockets[1].sent).toEqual([]);
   });
 
+  it('request ids start at a random point, so a reloaded page does not reuse the old ones', () => {
+    const ids = [0.1, 0.7].map(r => {
+      const socket: FakeSocket[] = [];
+      const channel = new SessionChannel({
+        url: 'ws://h/ws', storage: null, random: () => r,
+        createSocket: url => { const s = new FakeSocket(url); socket.push(s); return s; }
+      });
+      channel.connect();
+      socket[0].welcome('s', false);
+      void channel.request('health');
+      return socket[0].sent[0].id as number;
+    });
+    expect(ids[0]).not.toBe(ids[1]);
+    expect(Math.min(...ids)).toBeGreaterThan(1000);
+  });
+
   it('survives a reload: a new channel resumes the stored session', () => {
     const storage = new MemoryStorage();
     const first = setup(storage);
