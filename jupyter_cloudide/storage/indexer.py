@@ -157,6 +157,11 @@ class IndexService:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="cloudide-index")
         self._searchers = ThreadPoolExecutor(max(2, settings.search_threads),
                                              thread_name_prefix="cloudide-search")
+        # A search runs its vector and BM25 halves at once, on a pool of their own: on the
+        # searchers' pool, searches occupying every thread would wait for halves that can
+        # never start (a deadlock two concurrent searches reached).
+        self._halves = ThreadPoolExecutor(2 * max(2, settings.search_threads),
+                                          thread_name_prefix="cloudide-search-half")
         self._scan_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -185,6 +190,7 @@ class IndexService:
         # a batch already in the writer thread finishes (it is one atomic LanceDB commit)
         await asyncio.get_running_loop().run_in_executor(None, self._writer.shutdown)
         self._searchers.shutdown(wait=False, cancel_futures=True)
+        self._halves.shutdown(wait=False, cancel_futures=True)
         close = getattr(self.embedder, "close", None)
         if close is not None:  # an embedder's child process
             await asyncio.to_thread(close)
@@ -273,7 +279,7 @@ class IndexService:
         loop = asyncio.get_running_loop()
         hits = await loop.run_in_executor(
             self._searchers,
-            partial(ui.index.search, query, k=k, mode=mode, where=where, pool=self._searchers))
+            partial(ui.index.search, query, k=k, mode=mode, where=where, pool=self._halves))
         return {"results": [hit.to_json(with_text) for hit in hits], "index": ui.status()}
 
     # -- the worker ----------------------------------------------------------------------------
