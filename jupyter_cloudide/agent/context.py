@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .providers.base import within
 from .tools.base import ToolContext, ToolError
 from .tools.contents import read_text
 from .tools.notebooks import cell_id_of, find_cell, load_notebook
@@ -166,7 +167,7 @@ async def retrieve(ctx: ToolContext, query: str, *, k: int, covered: set[str],
     if k <= 0 or ctx.index is None or not query.strip():
         return [], None if k <= 0 else "the semantic index is off"
     try:
-        answer = await asyncio.wait_for(
+        answer = await within(
             ctx.index.search(ctx.user, query[:2000], k=k + len(covered), with_text=True,
                              wait_s=min(timeout_s, 1.0)), timeout_s)
     except asyncio.TimeoutError:

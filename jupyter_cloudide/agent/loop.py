@@ -48,6 +48,7 @@ from .providers.base import (
     ToolCallStarted,
     ToolSpec,
     Usage,
+    within,
 )
 from .templates import Task, Templates
 from .tools.redact import redactor
@@ -139,6 +140,8 @@ class _Turn:
     history_turns: list[str] = field(default_factory=list)
     #: tokens and cost of the last model call (kept with the step's assistant message)
     step_usage: dict[str, Any] | None = None
+    #: chat.cancel was asked (the task was cancelled once)
+    cancelling: bool = False
 
 
 class AgentLoop:
@@ -187,7 +190,11 @@ class AgentLoop:
         if turn is None or turn.request.user != user:
             raise NotFoundError("no running turn with that id")
         if turn.task is not None and not turn.task.done():
-            turn.task.cancel()
+            # once: a second cancel would interrupt the cancelled turn's own clean-up (the
+            # record of its end), and the chat.send would get no answer (found by fuzzing)
+            if not turn.cancelling:
+                turn.cancelling = True
+                turn.task.cancel()
             return True
         return False
 
@@ -292,8 +299,10 @@ class AgentLoop:
             turn.emit("event", {"kind": "turn.error", "turn_id": req.turn_id,
                                 "status": status, "message": error})
             try:
-                await self._save(req, "error", {"status": status, "message": error})
-            except Exception:
+                # shielded: a shutdown cancelling the turn again still records how it ended
+                await asyncio.shield(self._save(req, "error", {"status": status,
+                                                               "message": error}))
+            except (Exception, asyncio.CancelledError):
                 log.debug("could not record the turn error", exc_info=True)
         return result
 
@@ -533,7 +542,7 @@ class AgentLoop:
         try:
             while not future.done():
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), 0.5)
+                    await within(asyncio.shield(future), 0.5)
                 if future.done():
                     break
                 gone = req.detached_for() if req.detached_for is not None else None

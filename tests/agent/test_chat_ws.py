@@ -190,13 +190,22 @@ async def test_risky_code_asks_even_when_always_allowed_and_cancel_denies(
                 assert any("os.system" in r or "system" in r for r in frame["payload"]["risks"])
                 turn_id = frame["payload"]["turn_id"]
                 break
-        await chat.send("chat.cancel", turn_id=turn_id)
-        while True:
+        # twice, back to back: the second must not cut the cancelled turn's own clean-up
+        cancels = {await chat.send("chat.cancel", turn_id=turn_id),
+                   await chat.send("chat.cancel", turn_id=turn_id)}
+        answers: dict[int, dict[str, Any]] = {}
+        while rid not in answers or not cancels <= answers.keys():
             frame = await chat.frame()
-            if frame["type"] == "response" and frame["id"] == rid:
-                break
-        assert frame["payload"]["status"] == "cancelled"
+            if frame["type"] == "response":
+                answers[frame["id"]] = frame
+        assert answers[rid]["payload"]["status"] == "cancelled"
+        assert all("error" not in answers[c] for c in cancels), answers
         assert not marker.exists()
+        stored = json.loads((await jp_fetch("cloudide", "api", "conversations", conversation,
+                                            headers=auth("alice"))).body)
+        ends = [m["content"] for m in stored["messages"]
+                if m["role"] == "error" and m["turn_id"] == turn_id]
+        assert [e["status"] for e in ends] == ["cancelled"]
     finally:
         chat.conn.close()
 

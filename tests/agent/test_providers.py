@@ -3,6 +3,7 @@ every fault mapped to the error kind the router acts on."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -153,3 +154,25 @@ async def test_list_models(upstream: FakeUpstream) -> None:
         assert "gpt-4o-mini" in await provider.list_models()
     finally:
         await provider.close()
+
+
+async def test_within_never_drops_a_cancellation_that_races_the_result() -> None:
+    """asyncio.wait_for on Python < 3.12 returns the result and forgets the cancel when both
+    land in the same loop iteration; a cancelled chat turn then ran on."""
+    from jupyter_cloudide.agent.providers.base import within
+
+    discarded: list[str] = []
+    result: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    waiter = asyncio.ensure_future(within(result, 5.0, discard=discarded.append))
+    await asyncio.sleep(0)  # the waiter is waiting
+    result.set_result("stream")
+    waiter.cancel()  # same iteration as the result
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert discarded == ["stream"]  # the late result is handed over to be closed
+
+    slow: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    with pytest.raises(asyncio.TimeoutError):
+        await within(slow, 0.01)
+    assert slow.cancelled()
+    assert await within(asyncio.sleep(0, result="ok"), 1.0) == "ok"

@@ -13,11 +13,17 @@ another model) can help.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+#: clean-ups started by a cancelled ``within`` (a reference keeps them from being collected)
+_BACKGROUND: set[asyncio.Future[Any]] = set()
 
 Message = dict[str, Any]
 
@@ -175,7 +181,7 @@ class SdkProvider(ABC):
     async def _open(self, create: Awaitable[Any], timeout_s: float) -> Any:
         """The SDK's stream object (the request sent, its headers read)."""
         try:
-            return await asyncio.wait_for(create, timeout_s)
+            return await within(create, timeout_s, discard=_close_quietly)
         except Exception as exc:
             raise self._map(exc) from exc
 
@@ -192,6 +198,38 @@ class SdkProvider(ABC):
             close = getattr(stream, "close", None)
             if close is not None:
                 await close()
+
+
+async def within(awaitable: Awaitable[T], timeout_s: float,
+                 discard: Callable[[T], Any] | None = None) -> T:
+    """``asyncio.wait_for`` without its flaw before Python 3.12 (CPython gh-86296): there, a
+    cancellation arriving just as the awaitable finishes is dropped, and a cancelled turn ran
+    on (found by fuzzing ``chat.cancel``). Here the cancellation always propagates; a result
+    that came too late goes to ``discard`` (a stream to close)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        if task.done() and not task.cancelled() and task.exception() is None \
+                and discard is not None:
+            result = discard(task.result())
+            if inspect.isawaitable(result):
+                closing = asyncio.ensure_future(result)
+                _BACKGROUND.add(closing)
+                closing.add_done_callback(_BACKGROUND.discard)
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        raise asyncio.TimeoutError
+    return task.result()
+
+
+async def _close_quietly(stream: Any) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await close()
 
 
 def closing_events(finish: str | None, calls: Sequence[ToolCall], produced: Sequence[str],
