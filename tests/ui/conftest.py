@@ -110,7 +110,10 @@ def start_lab(tmp: Path, upstream: FakeUpstream, **extra: Any) -> Lab:
     (news / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     port, token = free_port(), "e2e-token-" + os.urandom(8).hex()
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config),
+    # the SDKs' variables of the machine running the tests never reach the server under test
+    inherited = {k: v for k, v in os.environ.items()
+                 if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
+    env = {**inherited, "JUPYTER_CONFIG_DIR": str(config),
            "JUPYTERLAB_SETTINGS_DIR": str(tmp / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp / "workspaces"),
            "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"), "HF_HUB_OFFLINE": "1"}
