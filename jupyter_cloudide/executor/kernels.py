@@ -222,11 +222,14 @@ class KernelDirectory:
         raise NotFoundError(f"no running kernel for notebook {path[:200]!r}")
 
     async def start(self, kernel_name: str | None) -> str:
-        """Start a new kernel of an allowed kernelspec (IPC transport when local)."""
+        """Start a new kernel of an allowed kernelspec (IPC transport when local), working in
+        the workspace root: without a path, jupyter_server leaves the kernel in the server
+        process's own folder, and the agent's code could not import the user's modules."""
         name = kernel_name or self.default_kernelspec
         self.check_allowed(name)
         with ipc_kernels():
-            kernel_id = await ensure_async(self.kernel_manager.start_kernel(kernel_name=name))
+            kernel_id = await ensure_async(
+                self.kernel_manager.start_kernel(kernel_name=name, path=""))
         return str(kernel_id)
 
     def handle(self, kernel_id: str) -> KernelHandle:
