@@ -1,83 +1,8 @@
 import { describe, expect, it } from 'vitest';
 
-import { IFrame, IWebSocketLike, SessionChannel } from '../channel';
+import { IFrame, SessionChannel } from '../channel';
 import { CloudIDEError } from '../errors';
-
-/** A scripted stand-in for the browser's WebSocket (the server side is the test). */
-class FakeSocket implements IWebSocketLike {
-  readyState = 0;
-  sent: any[] = [];
-  closed: number | null = null;
-  onopen: ((ev: any) => void) | null = null;
-  onclose: ((ev: { code: number }) => void) | null = null;
-  onerror: ((ev: any) => void) | null = null;
-  onmessage: ((ev: { data: any }) => void) | null = null;
-  constructor(readonly url: string) {}
-  send(data: string): void {
-    this.sent.push(JSON.parse(data));
-  }
-  close(code = 1000): void {
-    this.closed = code;
-    this.readyState = 3;
-  }
-  // server side
-  welcome(sessionId: string, resumed: boolean, lastSeq = 0): void {
-    this.readyState = 1;
-    this.push({
-      type: 'welcome',
-      payload: { session_id: sessionId, resumed, last_seq: lastSeq, heartbeat_s: 30 }
-    });
-  }
-  push(frame: IFrame): void {
-    this.onmessage?.({ data: JSON.stringify(frame) });
-  }
-  drop(code = 1006): void {
-    this.readyState = 3;
-    this.onclose?.({ code });
-  }
-}
-
-class MemoryStorage {
-  items = new Map<string, string>();
-  getItem(key: string): string | null {
-    return this.items.get(key) ?? null;
-  }
-  setItem(key: string, value: string): void {
-    this.items.set(key, value);
-  }
-  removeItem(key: string): void {
-    this.items.delete(key);
-  }
-}
-
-/** Timers run by hand: `run()` fires what is due, in order. */
-class Clock {
-  now = 0;
-  timers: { at: number; fn: () => void; id: number }[] = [];
-  next = 0;
-  setTimeout = (fn: () => void, ms: number): number => {
-    const id = ++this.next;
-    this.timers.push({ at: this.now + ms, fn, id });
-    return id;
-  };
-  clearTimeout = (id: number): void => {
-    this.timers = this.timers.filter(t => t.id !== id);
-  };
-  advance(ms: number): void {
-    const until = this.now + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at);
-      const due = this.timers[0];
-      if (!due || due.at > until) {
-        break;
-      }
-      this.timers.shift();
-      this.now = due.at;
-      due.fn();
-    }
-    this.now = until;
-  }
-}
+import { Clock, FakeSocket, MemoryStorage } from './fakes';
 
 function setup(storage = new MemoryStorage()) {
   const sockets: FakeSocket[] = [];

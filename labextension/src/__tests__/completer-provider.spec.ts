@@ -11,36 +11,7 @@ import {
   IModelListLike,
   IStreamStep
 } from '../completer/provider';
-import { FakeSocket, flush } from './fakes';
-
-/** Timers run by hand (shared by the channel and the provider). */
-class Clock {
-  now = 1_000_000;
-  timers: { at: number; fn: () => void; id: number }[] = [];
-  next = 0;
-  setTimeout = (fn: () => void, ms: number): number => {
-    const id = ++this.next;
-    this.timers.push({ at: this.now + ms, fn, id });
-    return id;
-  };
-  clearTimeout = (id: number): void => {
-    this.timers = this.timers.filter(t => t.id !== id);
-  };
-  advance(ms: number): void {
-    const until = this.now + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at);
-      const due = this.timers[0];
-      if (!due || due.at > until) {
-        break;
-      }
-      this.timers.shift();
-      this.now = due.at;
-      due.fn();
-    }
-    this.now = until;
-  }
-}
+import { Clock, FakeSocket, flush } from './fakes';
 
 const AUTOMATIC = 1;
 const INVOKE = 0;
@@ -51,7 +22,7 @@ function request(text: string, offset = text.length) {
 }
 
 function setup(listModels?: () => Promise<IModelListLike>) {
-  const clock = new Clock();
+  const clock = new Clock(1_000_000);
   const sockets: FakeSocket[] = [];
   const channel = new SessionChannel({
     url: 'ws://host/cloudide/api/ws',

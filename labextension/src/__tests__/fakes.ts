@@ -1,4 +1,4 @@
-/** Test doubles shared by the chat specs: a scripted WebSocket, storage and a clock. */
+/** Test doubles shared by the specs: a scripted WebSocket, storage and a clock run by hand. */
 
 import type { IFrame, IWebSocketLike } from '../channel';
 
@@ -59,5 +59,34 @@ export class MemoryStorage {
 export async function flush(): Promise<void> {
   for (let i = 0; i < 10; i++) {
     await Promise.resolve();
+  }
+}
+
+/** Timers run by hand: `advance(ms)` fires what is due, in order. */
+export class Clock {
+  constructor(public now = 0) {}
+  timers: { at: number; fn: () => void; id: number }[] = [];
+  next = 0;
+  setTimeout = (fn: () => void, ms: number): number => {
+    const id = ++this.next;
+    this.timers.push({ at: this.now + ms, fn, id });
+    return id;
+  };
+  clearTimeout = (id: number): void => {
+    this.timers = this.timers.filter(t => t.id !== id);
+  };
+  advance(ms: number): void {
+    const until = this.now + ms;
+    for (;;) {
+      this.timers.sort((a, b) => a.at - b.at);
+      const due = this.timers[0];
+      if (!due || due.at > until) {
+        break;
+      }
+      this.timers.shift();
+      this.now = due.at;
+      due.fn();
+    }
+    this.now = until;
   }
 }
