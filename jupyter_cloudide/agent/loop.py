@@ -36,6 +36,7 @@ from ..errors import CloudIDEError, ConflictError, NotFoundError
 from ..storage.db import UsageEventIn
 from .approvals import ApprovalPolicy
 from .context import ContextBlock, gather
+from .history import read_history, transcript
 from .models import Choice, ModelRegistry
 from .prompt import TokenCounter, fit
 from .providers.base import (
@@ -56,10 +57,6 @@ from .tools.redact import redactor
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], object]
-#: characters of each tool result / call shown to the model that summarises older turns
-_SUMMARY_ITEM_CHARS = 400
-#: an attached item's own text kept in later turns' history (the current state is re-read)
-_HISTORY_CONTEXT_CHARS = 2000
 #: arguments of a call that did not validate, as shown to the user
 _RAW_ARGUMENTS_CHARS = 2000
 #: diffs up to this size are kept with the tool message (larger ones: the live event only)
@@ -572,9 +569,8 @@ class AgentLoop:
                               req.turn_id, role, content)
 
     async def _history(self, turn: _Turn, task: Task) -> list[Message]:
-        """The conversation before this turn as model messages: the task's system prompt and
-        earlier turns (text, tool calls and their results). Turns covered by the latest
-        summary are left out; the summary goes to ``turn.summary``."""
+        """The conversation before this turn as model messages, after the task's system
+        prompt; the summary of older turns goes to ``turn.summary``."""
         req = turn.request
         messages: list[Message] = [{"role": "system",
                                     "content": self.templates.render(task.name)}]
@@ -583,37 +579,10 @@ class AgentLoop:
         records = await self.store.call(self.store.list_messages, req.conversation_id,
                                         req.user)
         ctx = self.tool_context(req) if self.tool_context is not None else None
-        clean = redactor(ctx.secrets if ctx is not None else ())
-        covered: set[str] = set()
-        summaries = [r for r in records if r.role == "summary"
-                     and isinstance(r.content, dict) and r.content.get("text")]
-        if summaries:
-            latest = summaries[-1].content
-            turn.summary = str(latest["text"])
-            through = latest.get("through_turn")
-            for record in records:
-                if record.role != "summary":
-                    covered.add(record.turn_id)
-                if record.turn_id == through:
-                    break
-        for record in records:
-            if record.turn_id == req.turn_id or record.turn_id in covered:
-                continue  # this turn's own user message, or summarised
-            content = record.content if isinstance(record.content, dict) else {}
-            if record.role == "user":
-                messages.append({"role": "user", "content": _with_context(
-                    str(content.get("text", "")), content.get("context") or [], clean)})
-                turn.history_turns.append(record.turn_id)
-            elif record.role == "assistant":
-                message: Message = {"role": "assistant",
-                                    "content": content.get("text") or None}
-                if content.get("tool_calls"):
-                    message["tool_calls"] = content["tool_calls"]
-                messages.append(message)
-            elif record.role == "tool":
-                messages.append({"role": "tool", "tool_call_id": content.get("tool_call_id"),
-                                 "content": str(content.get("content", ""))})
-        return _repair(messages)
+        history = read_history(records, req.turn_id,
+                               redactor(ctx.secrets if ctx is not None else ()))
+        turn.summary, turn.history_turns = history.summary, history.turn_ids
+        return [*messages, *history.messages]
 
     async def _summarize_if_needed(self, turn: _Turn, messages: list[Message]
                                    ) -> list[Message]:
@@ -659,28 +628,14 @@ class AgentLoop:
     async def _summarize(self, turn: _Turn, choice: Choice, older: list[Message]
                          ) -> str | None:
         req, spec = turn.request, choice.model
-        lines = [f"Previous summary:\n{turn.summary}\n"] if turn.summary else []
-        for message in older:
-            role = message.get("role")
-            content = message.get("content")
-            text = content if isinstance(content, str) else ""
-            if role == "tool":
-                text = f"(tool result) {text[:_SUMMARY_ITEM_CHARS]}"
-            for call in message.get("tool_calls") or ():
-                function = call.get("function", {})
-                text += (f"\n(called {function.get('name')} "
-                         f"{str(function.get('arguments', ''))[:_SUMMARY_ITEM_CHARS]})")
-            if text.strip():
-                lines.append(f"{role}: {text.strip()}")
-        transcript = "\n".join(lines)
         room = max(512, spec.context_window - self.limits.summary_max_tokens - 512)
-        while transcript and self.counter.count(transcript, spec.id) > room:
-            transcript = transcript[len(transcript) // 4:]  # keep the most recent part
+        text = transcript(older, turn.summary,
+                          lambda t: self.counter.count(t, spec.id) <= room)
         request = ChatRequest(
             model=spec.model, max_tokens=self.limits.summary_max_tokens,
             timeout_s=self.limits.model_timeout_s,
             messages=[{"role": "system", "content": self.templates.render("summarize")},
-                      {"role": "user", "content": transcript}])
+                      {"role": "user", "content": text}])
         provider = self.registry.providers[spec.provider]
         started = time.monotonic()
         parts: list[str] = []
@@ -697,11 +652,11 @@ class AgentLoop:
             self._meter(turn, spec, usage or Usage(0, 0, estimated=True), 0, started,
                         failed=exc.kind, label="summary")
             return None
-        self._meter(turn, spec, usage or Usage(self.counter.count(transcript, spec.id),
+        self._meter(turn, spec, usage or Usage(self.counter.count(text, spec.id),
                                                self.counter.count("".join(parts), spec.id),
                                                estimated=True), 0, started, label="summary")
-        text = "".join(parts).strip()
-        return text or None
+        summary = "".join(parts).strip()
+        return summary or None
 
 
 class _Failed(Exception):
@@ -709,44 +664,3 @@ class _Failed(Exception):
         super().__init__(error.message)
         self.error = error
         self.streamed = streamed
-
-
-def _with_context(text: str, context: list[dict[str, Any]],
-                  clean: Callable[[str], str]) -> str:
-    """An earlier user message with what was attached to it: the items' own text (a
-    selection), shortened; items read from files by their name only - the model reads the
-    current version if it needs it."""
-    parts = [text]
-    for item in context:
-        if not isinstance(item, dict):
-            continue
-        title = str(item.get("title") or item.get("path") or item.get("kind") or "context")
-        own = item.get("text")
-        if isinstance(own, str) and own:
-            cut = clean(own[:_HISTORY_CONTEXT_CHARS])
-            more = " [...]" if len(own) > len(cut) else ""
-            parts.append(f"\n\n[attached: {title}]\n{cut}{more}")
-        else:
-            parts.append(f"\n\n[attached: {title}]")
-    return "".join(parts)
-
-
-def _repair(messages: list[Message]) -> list[Message]:
-    """Every assistant tool call needs a tool message: a turn interrupted (cancel, restart)
-    between the two would make every later request invalid, so missing results are filled."""
-    out: list[Message] = []
-    pending: list[str] = []
-    for message in messages:
-        if message["role"] != "tool" and pending:
-            out.extend({"role": "tool", "tool_call_id": cid,
-                        "content": "error: the tool call was interrupted"} for cid in pending)
-            pending = []
-        out.append(message)
-        if message["role"] == "assistant":
-            pending = [c["id"] for c in message.get("tool_calls") or ()]
-        elif message["role"] == "tool" and message.get("tool_call_id") in pending:
-            pending.remove(message["tool_call_id"])
-    out.extend({"role": "tool", "tool_call_id": cid,
-                "content": "error: the tool call was interrupted"} for cid in pending)
-    return out
-
