@@ -143,4 +143,26 @@ describe('TurnView', () => {
     expect(undone).toEqual([T1]);
     expect(node.attrs.get('data-status')).toBe('ok');
   });
+
+  it('a streamed delta re-renders the message, not the footer (the spinner keeps turning)', () => {
+    const model = new ConversationModel(CONV);
+    const turn = model.beginTurn('hi', [], null, 1);
+    const view = new TurnView({ rendermime: null as any, actions: null, decide: () => undefined,
+      undo: () => undefined, canUndo: t => model.canUndo(t) });
+    model.applyFrame({ type: 'event', id: 1, seq: 1, payload: { turn_id: T1,
+      kind: 'turn.started', conversation_id: CONV } });
+    const delta = (seq: number, text: string) => model.applyFrame({ type: 'stream', seq,
+      payload: { conversation_id: CONV, turn_id: T1, delta: text } });
+    delta(2, 'Hel');
+    view.update(turn);
+    const node = el(view.node);
+    const spinner = node.byTestId('turn-progress')[0];
+    delta(3, 'lo');
+    view.update(turn);
+    expect(node.byTestId('assistant-message')[0].textContent).toBe('Hello');
+    expect(node.byTestId('turn-progress')[0]).toBe(spinner);
+    model.finishTurn({ conversation_id: CONV, turn_id: T1, status: 'ok' });
+    view.update(turn);
+    expect(node.byTestId('turn-progress')).toEqual([]);
+  });
 });

@@ -2,7 +2,9 @@
  * Assistant Markdown, rendered through JupyterLab's rendermime as UNTRUSTED output: the
  * HTML the Markdown becomes passes the chat sanitizer (`sanitizer.ts`) before it is DOM,
  * and the result is checked again (`hardenRendered`). Code blocks get Copy / Insert / Run
- * buttons. Streaming text is re-rendered at most every `THROTTLE_MS`.
+ * buttons. A streamed message is rendered block by block (`streaming.ts`): finished blocks
+ * once, the growing last one as often as its cost allows, and new text is shown as text at
+ * once until then.
  */
 
 import {
@@ -11,12 +13,13 @@ import {
   MimeModel,
   RenderMimeRegistry
 } from '@jupyterlab/rendermime';
-import type { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 
 import { button, h } from './dom';
 import { ChatSanitizer, hardenRendered } from './sanitizer';
+import { IBlockRenderer, StreamingMarkdown } from './streaming';
 
-const THROTTLE_MS = 120;
+/** Text that may hold LaTeX (typesetting is skipped for the rest). */
+const MATH_HINT = /\$|\\\(|\\\[|\\begin\{/;
 
 /** What a code block's buttons do (implemented against the notebook/editor trackers). */
 export interface ICodeActions {
@@ -46,88 +49,51 @@ export class MarkdownView {
     this._rendermime = rendermime;
     this._actions = actions;
     this.node = h('div', { class: 'jp-cloudide-chat-markdown' });
+    this._stream = new StreamingMarkdown(this.node, {
+      create: () => this._createBlock(),
+      onError: error => console.warn('jupyter_cloudide: chat Markdown could not be rendered', error)
+    });
   }
 
   readonly node: HTMLElement;
 
-  /** Show `text` (Markdown); repeated calls while streaming are coalesced. */
+  /**
+   * Show `text` (Markdown). Text that extends what is shown is on screen at once (as text,
+   * until its block is rendered); see `StreamingMarkdown`.
+   */
   update(text: string): void {
-    if (text === this._wanted) {
-      return;
-    }
-    this._wanted = text;
-    this._schedule();
+    this._stream.update(text);
   }
 
   dispose(): void {
-    this._disposed = true;
-    if (this._timer !== null) {
-      clearTimeout(this._timer);
-      this._timer = null;
-    }
-    this._renderer?.dispose();
-    this._renderer = null;
+    this._stream.dispose();
   }
 
-  private _schedule(): void {
-    if (this._busy || this._timer !== null || this._disposed) {
-      return;
-    }
-    const wait = Math.max(0, this._lastRender + THROTTLE_MS - Date.now());
-    this._timer = setTimeout(() => {
-      this._timer = null;
-      void this._render();
-    }, this._lastRender ? wait : 0);
-  }
-
-  private async _render(): Promise<void> {
-    if (this._disposed || this._busy) {
-      return;
-    }
-    const text = this._wanted;
-    this._busy = true;
-    try {
-      if (!this._renderer) {
-        while (this.node.firstChild) {
-          this.node.removeChild(this.node.firstChild); // a plain-text fallback
-        }
-        this._renderer = this._rendermime.createRenderer('text/markdown');
-        this._renderer.addClass('jp-cloudide-chat-rendered');
-        this.node.appendChild(this._renderer.node);
-      }
-      const model = new MimeModel({ data: { 'text/markdown': text }, trusted: false });
-      await this._renderer.renderModel(model);
-      if (!this._disposed && this._renderer) {
-        const node = this._renderer.node;
+  /** A renderer for one piece (a stable chunk or the tail) of the message. */
+  private _createBlock(): IBlockRenderer {
+    const rendermime = this._rendermime;
+    const renderer = rendermime.createRenderer('text/markdown');
+    renderer.addClass('jp-cloudide-chat-rendered');
+    const node = renderer.node;
+    return {
+      node,
+      render: async (source: string) => {
+        const model = new MimeModel({ data: { 'text/markdown': source }, trusted: false });
+        await renderer.renderModel(model);
         hardenRendered(node);
         this._decorateCode(node);
+      },
+      attached: (source: string) => {
         // the renderer typesets only when attached as a widget; it is not (a plain node)
-        const typeset = this._rendermime.latexTypesetter?.typeset(node);
-        if (typeset instanceof Promise) {
-          typeset.catch(() => undefined);
+        if (MATH_HINT.test(source)) {
+          const typeset = rendermime.latexTypesetter?.typeset(node);
+          if (typeset instanceof Promise) {
+            typeset.catch(() => undefined);
+          }
         }
-      }
-    } catch (error) {
-      this._fallback(text);
-      console.warn('jupyter_cloudide: chat Markdown could not be rendered', error);
-    } finally {
-      this._busy = false;
-      this._lastRender = Date.now();
-      this._rendered = text;
-    }
-    if (this._wanted !== this._rendered) {
-      this._schedule();
-    }
-  }
-
-  /** Rendering failed: the text as text. */
-  private _fallback(text: string): void {
-    this._renderer?.dispose();
-    this._renderer = null;
-    while (this.node.firstChild) {
-      this.node.removeChild(this.node.firstChild);
-    }
-    this.node.appendChild(h('pre', { class: 'jp-cloudide-chat-plain' }, text));
+      },
+      dispose: () => renderer.dispose()
+    };
   }
 
   private _decorateCode(root: HTMLElement): void {
@@ -157,11 +123,5 @@ export class MarkdownView {
 
   private _rendermime: IRenderMimeRegistry;
   private _actions: ICodeActions | null;
-  private _renderer: IRenderMime.IRenderer | null = null;
-  private _wanted = '';
-  private _rendered: string | null = null;
-  private _busy = false;
-  private _timer: ReturnType<typeof setTimeout> | null = null;
-  private _lastRender = 0;
-  private _disposed = false;
+  private _stream: StreamingMarkdown;
 }

@@ -82,6 +82,18 @@ export class ChatPanel extends Widget {
       this._input,
       h('div', { class: 'jp-cloudide-chat-actions' }, this._send, this._stop));
     this.node.append(header, this._list, this._banner, this._setup, this._messages, composer);
+    // Follow the end of the conversation unless the user scrolled away from it. Turns grow
+    // after the render that added them (Markdown is rendered asynchronously, block by block):
+    // a ResizeObserver on the turns scrolls after layout, before paint, in the same frame.
+    this._messages.addEventListener('scroll', () => {
+      const box = this._messages;
+      if (Math.abs(box.scrollTop - this._autoTop) < 1) {
+        return; // our own scroll (the content may have grown since: still following)
+      }
+      this._follow = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    });
+    this._resize = typeof ResizeObserver === 'undefined' ? null
+      : new ResizeObserver(() => this._followEnd());
 
     this._controller.changed.connect(this._onControllerChanged, this);
     this._controller.currentChanged.connect(this._onCurrentChanged, this);
@@ -99,6 +111,7 @@ export class ChatPanel extends Widget {
       view.dispose();
     }
     this._views.clear();
+    this._resize?.disconnect();
     if (this._frame !== null) {
       cancelAnimationFrame(this._frame);
     }
@@ -112,6 +125,7 @@ export class ChatPanel extends Widget {
     this._model = model;
     model.changed.connect(this._scheduleRender, this);
     for (const view of this._views.values()) {
+      this._resize?.unobserve(view.node);
       view.dispose();
     }
     this._views.clear();
@@ -148,7 +162,6 @@ export class ChatPanel extends Widget {
       return;
     }
     const box = this._messages;
-    const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
     const seen = new Set<string>();
     let before: ChildNode | null = box.firstChild;
     for (const turn of model.turns) {
@@ -163,6 +176,7 @@ export class ChatPanel extends Widget {
           canUndo: t => model.canUndo(t)
         });
         this._views.set(turn.key, view);
+        this._resize?.observe(view.node);
       }
       view.update(turn);
       if (view.node !== before) {
@@ -173,6 +187,7 @@ export class ChatPanel extends Widget {
     }
     for (const [key, view] of [...this._views]) {
       if (!seen.has(key)) {
+        this._resize?.unobserve(view.node);
         view.dispose();
         this._views.delete(key);
       }
@@ -181,9 +196,25 @@ export class ChatPanel extends Widget {
     this._setupOrEmpty(model, error ? `${error.title}. ${error.action}` : null);
     this._renderHeader();
     this._renderControls();
-    if (atBottom || this._stick) {
-      box.scrollTop = box.scrollHeight;
+    if (this._stick) {
+      this._follow = true;
       this._stick = false;
+      this._scrollToEnd();
+    } else if (this._follow && !this._resize) {
+      this._scrollToEnd();
+    }
+  }
+
+  private _scrollToEnd(): void {
+    const box = this._messages;
+    box.scrollTop = box.scrollHeight;
+    this._autoTop = box.scrollTop;
+  }
+
+  /** The turns changed size (after layout): keep the end in view when following it. */
+  private _followEnd(): void {
+    if (this._follow && !this.isDisposed) {
+      this._scrollToEnd();
     }
   }
 
@@ -380,6 +411,11 @@ export class ChatPanel extends Widget {
   private _frame: number | null = null;
   private _chipsFrame: number | null = null;
   private _stick = true;
+  /** The view is at (or was scrolled back to) the end of the conversation. */
+  private _follow = true;
+  /** Where the last programmatic scroll left the view. */
+  private _autoTop = -1;
+  private _resize: ResizeObserver | null;
   private _modelsShown: unknown = undefined;
   private _title: HTMLElement;
   private _list: HTMLElement;

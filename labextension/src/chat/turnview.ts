@@ -44,6 +44,9 @@ export class TurnView {
     if (turn === this._turn && turn.rev === this._rev) {
       return;
     }
+    if (turn !== this._turn) {
+      this._footerKey = null; // its buttons act on the turn object
+    }
     this._turn = turn;
     this._rev = turn.rev;
     this.node.dataset.status = turn.status;
@@ -145,8 +148,16 @@ export class TurnView {
   }
 
   private _renderFooter(turn: ITurn): void {
-    const parts: (Node | null)[] = [];
     const waiting = turn.items.some(i => i.type === 'tool' && i.state === 'awaiting_approval');
+    const canUndo = this._ctx.canUndo(turn);
+    // a streamed delta changes the turn but not its footer: rebuilding it every frame would
+    // restart the spinner's animation (it would never turn) and cost a layout
+    const key = footerKey(turn, waiting, canUndo);
+    if (key === this._footerKey) {
+      return;
+    }
+    this._footerKey = key;
+    const parts: (Node | null)[] = [];
     if (turn.status === 'pending' || turn.status === 'running') {
       parts.push(h('div', { class: 'jp-cloudide-chat-progress', testid: 'turn-progress' },
         h('span', { class: 'jp-cloudide-chat-spinner' }),
@@ -165,7 +176,7 @@ export class TurnView {
       parts.push(h('div', { class: 'jp-cloudide-chat-context-report', testid: 'context-report' },
         'Context: ' + prompt.context.map(c => `${c.title} (${c.status})`).join(', ')));
     }
-    if (this._ctx.canUndo(turn) || turn.undoing) {
+    if (canUndo || turn.undoing) {
       parts.push(button(turn.undoing ? 'Undoing…' : 'Undo changes', 'undo-turn',
         () => this._ctx.undo(turn), {
           title: 'Put back every file and cell this turn changed',
@@ -178,8 +189,15 @@ export class TurnView {
   private _turn: ITurn | null = null;
   private _rev = -1;
   private _userKey: string | null = null;
+  private _footerKey: string | null = null;
   private _user: HTMLElement;
   private _items: HTMLElement;
   private _footer: HTMLElement;
   private _views = new Map<string, IItemView>();
+}
+
+/** What the footer shows, as a string: equal keys, equal footers. */
+export function footerKey(turn: ITurn, waiting: boolean, canUndo: boolean): string {
+  return JSON.stringify([turn.status, waiting, turn.usage, turn.model, turn.modelReason,
+    turn.prompt?.context ?? null, canUndo, turn.undoing]);
 }
