@@ -28,6 +28,7 @@ from .gateway.channel import RequestContext, RequestRegistry, SessionManager
 from .metering import events, metrics
 
 if TYPE_CHECKING:
+    from .agent.api import ApiService
     from .agent.conversations import ConversationService
     from .agent.service import AgentService
     from .executor.service import ExecutorService
@@ -449,6 +450,39 @@ class CloudIDEApp(ExtensionApp):
         exits (the next save or search starts it again, ~3 s). 0: never.""",
     )
 
+    # -- OpenAI-compatible API (cloudide/v1) ---------------------------------------------
+
+    v1_agent_model = Unicode(
+        "cloudide-agent", config=True,
+        help="""The model id under which cloudide/v1 serves the agent itself (tools run on
+        the server under the approval policy; an "ask" is denied unless the API key allows
+        auto-approval). Empty: the agent is not offered as a model.""",
+    )
+    v1_agent_tool_activity = Bool(
+        True, config=True,
+        help="""The agent model reports each tool call as a line of its answer
+        (`> read_file {"path": ...} → ok`). False: only the agent's own text.""",
+    )
+    v1_embedding_model = Unicode(
+        "cloudide-embedding", config=True,
+        help="""The model id under which cloudide/v1/embeddings serves the semantic index's
+        embedder (index_embedder). Empty: no embeddings endpoint model.""",
+    )
+    v1_embedding_price_per_1k = Float(
+        0.0, config=True,
+        help="USD per 1,000 tokens embedded through cloudide/v1/embeddings (ledger cost).",
+    )
+    v1_keepalive_seconds = Float(
+        15.0, config=True,
+        help="""While a cloudide/v1 stream waits (a slow first token, an agent's tool), a
+        `: keep-alive` comment is sent after this many idle seconds. 0 disables.""",
+    )
+    v1_timeout_seconds = Float(
+        120.0, config=True,
+        help="""Seconds a cloudide/v1 model call may wait for its first token, and then
+        between tokens, before it fails (and falls back to another allowed model).""",
+    )
+
     # -- wiring -----------------------------------------------------------------------------
 
     store: MetadataStore | None = None
@@ -467,6 +501,9 @@ class CloudIDEApp(ExtensionApp):
     _watcher: KernelWatcher | None = None
     _index: IndexService | None = None
     _agent: AgentService | None = None
+    _api: ApiService | None = None
+    #: the /v1 embeddings' embedder when the index (which has one) is off
+    _api_embedder: Any = None
     #: session id → its inline completion still running
     _completions: dict[str, asyncio.Future[dict[str, Any]]]
 
@@ -474,6 +511,7 @@ class CloudIDEApp(ExtensionApp):
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
         self._tasks = []
         self._pending_writes: set[asyncio.Future[None]] = set()
+        self._settling: set[asyncio.Future[None]] = set()
         self._usage_buffer: list[Any] = []
         self._completions = {}
         self._superseded: set[asyncio.Future[dict[str, Any]]] = set()
@@ -561,9 +599,15 @@ class CloudIDEApp(ExtensionApp):
         if self._executor is not None:
             executor, self._executor = self._executor, None
             await executor.close()
+        self._api = None
         if self._agent is not None:
             agent, self._agent = self._agent, None
             await agent.close()
+        if self._api_embedder is not None:
+            close = getattr(self._api_embedder, "close", None)
+            self._api_embedder = None
+            if close is not None:
+                await asyncio.to_thread(close)
         for pending in list(getattr(self, "_pending_writes", ())):
             pending.cancel()
         if getattr(self, "_usage_buffer", None) and self.store is not None:
@@ -782,6 +826,55 @@ class CloudIDEApp(ExtensionApp):
                 self._agent = AgentService(config, store, tool_context=self._tool_context,
                                            meter=self._meter_rows)
         return self._agent
+
+    async def api_service(self) -> ApiService:
+        """The cloudide/v1 API's domain side (built on first use, over the agent's registry)."""
+        if self._api is None:
+            from .agent.api import ApiService, ApiSettings
+
+            agent = await self.agent_service()
+            settings = ApiSettings(
+                agent_model=self.v1_agent_model, embedding_model=self.v1_embedding_model,
+                tool_activity=self.v1_agent_tool_activity, timeout_s=self.v1_timeout_seconds,
+                strategy=self.routing_strategy,
+                embedding_price_per_1k=self.v1_embedding_price_per_1k)
+            embedder = self._v1_embedder if self.v1_embedding_model else None
+            if self._api is None:
+                self._api = ApiService(agent, settings, meter=self._meter_rows,
+                                       settle=self._settle_tokens, embedder=embedder)
+        return self._api
+
+    def _v1_embedder(self) -> Any:
+        """The index's embedder (one model, one child process), or one of the same kind."""
+        if self.index_enabled:
+            with contextlib.suppress(ServiceUnavailableError):
+                return self.index_service().embedder
+        if self._api_embedder is None:
+            self._api_embedder = self._build_embedder()
+        return self._api_embedder
+
+    async def check_budget(self, user: str, route_class: str, model: str | None) -> None:
+        """The budget check before a metered request: returns to allow it, raises
+        BudgetExceededError (429, ``x-should-retry: false`` on /v1) to refuse it. Allows
+        everything until budgets are configured (the budgets issue replaces this hook)."""
+        return None
+
+    def _settle_tokens(self, user: str, tokens: int) -> None:
+        """Charge the rate limiter the difference between a request's token estimate and its
+        real count (may go negative: the next requests wait the debt off)."""
+        if self._limiter is None or not tokens:
+            return
+
+        async def charge() -> None:
+            try:
+                assert self._limiter is not None
+                await self._limiter.charge_tokens(user, "v1", tokens)
+            except Exception as exc:  # Redis down: the limit is a guard, not a ledger
+                self.log.warning("rate limiter: tokens not settled (%s)", type(exc).__name__)
+
+        task = asyncio.ensure_future(charge())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
 
     def _tool_context(self, request: Any) -> Any:
         from .agent.tools.base import ToolContext

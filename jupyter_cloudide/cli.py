@@ -1,8 +1,10 @@
-"""``jupyter cloudide``: the semantic index from a terminal.
+"""``jupyter cloudide``: the semantic index and the ``/v1`` API keys from a terminal.
 
 - ``jupyter cloudide index [--full]`` builds or updates the index of a folder (default: the
   current one, as ``jupyter lab`` started there would serve it), with a progress bar;
-- ``jupyter cloudide search "query" [--k=10] [--mode=hybrid] [--glob=...]`` prints ranked hits.
+- ``jupyter cloudide search "query" [--k=10] [--mode=hybrid] [--glob=...]`` prints ranked hits;
+- ``jupyter cloudide token create --models 'gpt-*' --expires 30d [--auto-approve] [--name=..]``
+  prints a new API key once; ``token list`` and ``token revoke <id>`` manage them.
 
 It reads the same configuration as the server (``jupyter_server_config``: the ``CloudIDEApp``
 index settings and data folder) and writes the same per-user index the server uses, so an
@@ -156,6 +158,145 @@ class SearchCommand(_IndexCommand):
         return 0
 
 
+class _TokenCommand(JupyterApp):
+    """Shared: the metadata store as the server opens it, and whose keys."""
+
+    config_file_name = Unicode("jupyter_server_config")
+    user = Unicode(config=True, help="Whose keys (default: as the server names its owner).")
+    as_json = Bool(False, config=True, help="Print JSON.")
+
+    @default("user")
+    def _default_user(self) -> str:
+        from .app import CloudIDEApp
+
+        return os.environ.get("JUPYTERHUB_USER") or CloudIDEApp()._owner_name
+
+    def store(self) -> Any:
+        from .app import CloudIDEApp
+        from .storage.db import MetadataStore
+
+        cide = CloudIDEApp(config=self.config)
+        url = cide.db_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:"):
+            Path(cide.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return MetadataStore(url).open()
+
+    def _fail(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        self.exit(1)
+
+
+class TokenCreateCommand(_TokenCommand):
+    """Mint an API key for cloudide/v1 and print it (once: only its hash is kept)."""
+
+    name = "jupyter-cloudide-token-create"
+    description = __doc__
+    models = Unicode("", config=True,
+                     help="Comma-separated model ids or globs the key may use (default: all).")
+    expires = Unicode("", config=True, help="Lifetime: 30d, 12h, 90m, 2w (default: none).")
+    key_name = Unicode("", config=True, help="A name to recognise the key by.")
+    auto_approve = Bool(False, config=True,
+                        help="The agent model may run tools that would ask for approval.")
+    aliases = {"models": "TokenCreateCommand.models", "expires": "TokenCreateCommand.expires",
+               "name": "TokenCreateCommand.key_name", "user": "TokenCreateCommand.user"}
+    flags = {"auto-approve": ({"TokenCreateCommand": {"auto_approve": True}},
+                              "The agent model may run tools that would ask for approval."),
+             "json": ({"TokenCreateCommand": {"as_json": True}}, "Print JSON.")}
+
+    def start(self) -> None:
+        from .agent import keys
+        from .errors import CloudIDEError
+
+        globs = [m.strip() for m in self.models.split(",") if m.strip()]
+        store = self.store()
+        try:
+            plaintext, record = keys.create(store, self.user, name=self.key_name, models=globs,
+                                            expires=self.expires or None,
+                                            allow_auto_approve=self.auto_approve)
+        except CloudIDEError as exc:
+            self._fail(exc.message)
+            return
+        finally:
+            store.close()
+        if self.as_json:
+            print(json.dumps({"key": plaintext, "token": record}, indent=2))
+            return
+        print(plaintext)
+        scope = ", ".join(record["models"]) or "every model you may use"
+        print(f"API key {record['id']} for {self.user} ({scope}; expires "
+              f"{record['expires_at'] or 'never'}; auto-approve "
+              f"{'on' if record['allow_auto_approve'] else 'off'}). It is shown only now.",
+              file=sys.stderr)
+
+
+class TokenListCommand(_TokenCommand):
+    """List your API keys (never the keys themselves)."""
+
+    name = "jupyter-cloudide-token-list"
+    description = __doc__
+    aliases = {"user": "TokenListCommand.user"}
+    flags = {"json": ({"TokenListCommand": {"as_json": True}}, "Print JSON.")}
+
+    def start(self) -> None:
+        from .agent import keys
+
+        store = self.store()
+        try:
+            items = keys.listing(store, self.user)
+        finally:
+            store.close()
+        if self.as_json:
+            print(json.dumps(items, indent=2))
+            return
+        for item in items:
+            print(f"{item['id']}  {item['prefix']}…  {item['state']:8}  "
+                  f"{','.join(item['models']) or '*'}  expires {item['expires_at'] or 'never'}"
+                  f"  {item['name']}")
+
+
+class TokenRevokeCommand(_TokenCommand):
+    """Revoke one of your API keys by its id (``token list`` shows them)."""
+
+    name = "jupyter-cloudide-token-revoke"
+    description = __doc__
+    aliases = {"user": "TokenRevokeCommand.user"}
+
+    def start(self) -> None:
+        from .agent import keys
+        from .errors import CloudIDEError
+
+        if len(self.extra_args) != 1:
+            self._fail("usage: jupyter cloudide token revoke <id>")
+            return
+        store = self.store()
+        try:
+            keys.revoke(store, self.user, self.extra_args[0])
+        except CloudIDEError as exc:
+            self._fail(exc.message)
+            return
+        finally:
+            store.close()
+        print(f"revoked {self.extra_args[0]}")
+
+
+class TokenCommand(JupyterApp):
+    """API keys for the OpenAI-compatible cloudide/v1 API: create, list, revoke."""
+
+    name = "jupyter-cloudide-token"
+    description = __doc__
+    subcommands = {
+        "create": (TokenCreateCommand, TokenCreateCommand.description.splitlines()[0]),
+        "list": (TokenListCommand, TokenListCommand.description.splitlines()[0]),
+        "revoke": (TokenRevokeCommand, TokenRevokeCommand.description.splitlines()[0]),
+    }
+
+    def start(self) -> None:
+        if self.subapp is None:
+            print("usage: jupyter cloudide token create|list|revoke --help")
+            self.exit(2)
+        super().start()
+
+
 class CloudIDECommand(JupyterApp):
     """jupyter_cloudide from the command line."""
 
@@ -165,11 +306,15 @@ class CloudIDECommand(JupyterApp):
     subcommands = {
         "index": (IndexCommand, IndexCommand.description.splitlines()[0]),
         "search": (SearchCommand, SearchCommand.description.splitlines()[0]),
+        "token": (TokenCommand, TokenCommand.description.splitlines()[0]),
+        # imported only when used: the sidecar needs none of the above
+        "serve-adapter": ("jupyter_cloudide.adapters.sidecar.ServeAdapterCommand",
+                          "Serve a protocol adapter as a local OpenAI-compatible API"),
     }
 
     def start(self) -> None:
         if self.subapp is None:
-            print("usage: jupyter cloudide index|search --help")
+            print("usage: jupyter cloudide index|search|token|serve-adapter --help")
             self.exit(2)
         super().start()
 

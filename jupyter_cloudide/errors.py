@@ -105,3 +105,14 @@ class ServiceUnavailableError(CloudIDEError):
 
     status = 503
     code = "unavailable"
+
+
+class BudgetExceededError(CloudIDEError):
+    """The caller's spending budget is used up: retrying will not help until it is raised or
+    the period ends (``/v1`` answers 429 with ``x-should-retry: false``)."""
+
+    status = 429
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, headers={"x-should-retry": "false", **(headers or {})})

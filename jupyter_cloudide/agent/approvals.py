@@ -23,6 +23,20 @@ DEFAULTS = {"read": "allow", "write": "ask", "execute": "ask"}
 class Verdict:
     mode: str
     reason: str
+    #: an "ask" only a person may answer: risky code, or the administrator's cap at "ask"
+    #: (a standing auto-approval, such as an API key's, does not count)
+    firm: bool = False
+
+    def unattended(self, auto_approve: bool) -> Verdict:
+        """The verdict when nobody is there to ask (the ``/v1`` agent): an "ask" becomes a
+        denial, or an allow when the caller pre-approved and the ask is not firm."""
+        if self.mode != "ask":
+            return self
+        if auto_approve and not self.firm:
+            return Verdict("allow", f"auto-approved by the API key ({self.reason})")
+        why = "nobody can approve it over the API" if not auto_approve \
+            else "it needs a person's approval even with auto-approval"
+        return Verdict("deny", f"{self.reason}; {why}")
 
 
 @dataclass
@@ -41,13 +55,14 @@ class ApprovalPolicy:
                risky_reasons: Iterable[str] = ()) -> Verdict:
         mode = self.per_tool.get(tool, self.defaults.get(kind, "ask"))
         reason = "configured for this tool" if tool in self.per_tool else f"default for {kind}"
-        if kind != "read" and _RANK[mode] > _RANK[self.cap]:
+        capped = kind != "read" and _RANK[mode] > _RANK[self.cap]
+        if capped:
             mode, reason = self.cap, f"capped at {self.cap} by the administrator"
         if mode == "deny":
             return Verdict("deny", reason)
         risks = list(risky_reasons)
         if risks:
-            return Verdict("ask", "risky code: " + "; ".join(risks))
+            return Verdict("ask", "risky code: " + "; ".join(risks), firm=True)
         if mode == "ask" and tool in set(always):
             return Verdict("allow", "always allowed in this conversation")
-        return Verdict(mode, reason)
+        return Verdict(mode, reason, firm=capped)

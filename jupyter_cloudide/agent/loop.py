@@ -113,6 +113,14 @@ class TurnRequest:
     task: str = "agent"
     #: add workspace chunks relevant to the message to the prompt
     retrieve: bool = True
+    #: the ledger's route for this turn's model calls (``v1``: the agent served as a model)
+    route: str = "chat"
+    #: nobody can answer an approval (the ``/v1`` agent): None asks the user; "deny" turns
+    #: every "ask" into a denial; "allow" auto-approves the asks that are not firm
+    unattended: str | None = None
+    #: the conversation before this turn as the caller sent it (a stateless API), instead of
+    #: the stored one
+    prior: list[Message] | None = None
 
 
 @dataclass
@@ -423,6 +431,14 @@ class AgentLoop:
             self._meter(turn, spec, usage or Usage(0, len("".join(text)) // 4, estimated=True),
                         attempt, started, failed=exc.kind)
             raise _Failed(exc, streamed=bool(text or calls)) from None
+        except asyncio.CancelledError:
+            # the turn was cancelled mid-answer: the upstream was sent the prompt and produced
+            # this much, and bills it
+            self._meter(turn, spec, usage or Usage(
+                self.counter.count_messages(fitted, spec.id),
+                self.counter.count("".join(text), spec.id), estimated=True),
+                attempt, started, failed="cancelled")
+            raise
         self.registry.record_success(spec.id, ((first or time.monotonic()) - started) * 1000)
         if usage is not None and not usage.estimated:
             self.counter.calibrate(spec.id, report.tokens, usage.input_tokens)
@@ -449,7 +465,7 @@ class AgentLoop:
             event_id=f"turn:{req.turn_id}:{turn.steps}:{attempt}"
             + ("" if label == "step" else f":{label}"), user=req.user, kind="tokens",
             input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost=cost,
-            model=spec.id, source="agent", route="chat",
+            model=spec.id, source="agent", route=req.route,
             extra={"conversation_id": req.conversation_id, "cached_tokens": usage.cached_tokens,
                    "estimated": usage.estimated, "failed": failed,
                    "latency_ms": round((time.monotonic() - started) * 1000, 1)})
@@ -480,6 +496,8 @@ class AgentLoop:
         verdict = self.policy.decide(call.name, kind,
                                      always=self._always.get(req.conversation_id, ()),
                                      risky_reasons=risks)
+        if verdict.mode == "ask" and req.unattended is not None:
+            verdict = verdict.unattended(auto_approve=req.unattended == "allow")
         if verdict.mode == "ask":
             verdict_mode = await self._ask(turn, call, arguments, verdict.reason, risks)
         else:
@@ -574,6 +592,8 @@ class AgentLoop:
         req = turn.request
         messages: list[Message] = [{"role": "system",
                                     "content": self.templates.render(task.name)}]
+        if req.prior is not None:
+            return [*messages, *req.prior]
         if req.new_conversation:
             return messages
         records = await self.store.call(self.store.list_messages, req.conversation_id,

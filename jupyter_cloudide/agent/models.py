@@ -25,17 +25,21 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ForbiddenError, InvalidInputError, NotFoundError
 from .providers.base import Provider, ProviderError
+
+if TYPE_CHECKING:
+    from ..adapters.base import SecretSources
 
 log = logging.getLogger(__name__)
 
 ROLES = frozenset({"chat", "agent", "completion", "embedding"})
 CAPABILITIES = frozenset({"tools", "vision", "fim"})
 STRATEGIES = ("quality", "cost", "latency", "balanced")
-PROVIDER_KINDS = ("openai", "anthropic")
+#: "adapter": a protocol adapter from the entry point group jupyter_cloudide.adapters
+PROVIDER_KINDS = ("openai", "anthropic", "adapter")
 #: cooldown after the first retryable failure; doubles per consecutive failure, capped
 BASE_COOLDOWN_S = 5.0
 MAX_COOLDOWN_S = 300.0
@@ -87,6 +91,11 @@ class ProviderConfig:
     kind: str
     base_url: str | None = None
     api_key: str | None = field(default=None, repr=False)  # never in logs or reprs
+    #: kind "adapter": its entry point name and raw options (validated when it loads)
+    adapter: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False, hash=False)
+    #: kind "adapter": where its secret options resolve (environment, secrets file)
+    sources: SecretSources | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -157,6 +166,15 @@ def provider_configs(configured: Iterable[Mapping[str, Any]], env: Mapping[str, 
                           raw["api_key_secret"])
         elif raw.get("api_key_env"):
             key = env.get(str(raw["api_key_env"]))
+        if kind == "adapter":
+            # the adapter must be installed (read from metadata: its code loads on first use)
+            from ..adapters.base import SecretSources
+            from ..adapters.registry import check_adapter_config
+
+            adapter, options = check_adapter_config(name, raw)
+            out[name] = ProviderConfig(name, kind, None, key or None, adapter=adapter,
+                                       options=options, sources=SecretSources(env, secrets))
+            continue
         out[name] = ProviderConfig(name, kind, raw.get("base_url") or None, key or None)
     for kind, prefix in (("openai", "OPENAI"), ("anthropic", "ANTHROPIC")):
         key, base = env.get(f"{prefix}_API_KEY"), env.get(f"{prefix}_BASE_URL")
@@ -338,13 +356,18 @@ class ModelRegistry:
 
 def build_providers(configs: Iterable[ProviderConfig], timeout_s: float = 60.0
                     ) -> dict[str, Provider]:
-    """SDK-backed providers for the configs (the SDKs load when first called)."""
+    """SDK-backed providers for the configs (the SDKs load when first called), and adapters
+    (their code loads on first use)."""
     from .providers.anthropic_provider import AnthropicProvider
     from .providers.openai_provider import OpenAIProvider
 
     out: dict[str, Provider] = {}
     for config in configs:
-        if config.kind == "anthropic":
+        if config.kind == "adapter":
+            from ..adapters.registry import AdapterProvider
+
+            out[config.name] = AdapterProvider.from_config(config, timeout_s=timeout_s)
+        elif config.kind == "anthropic":
             out[config.name] = AnthropicProvider(config.name, api_key=config.api_key,
                                                  base_url=config.base_url, timeout_s=timeout_s)
         else:

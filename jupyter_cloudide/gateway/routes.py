@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import websocket
-from .handlers import conversations, execute, health, models, search, usage
+from .handlers import conversations, execute, health, models, search, tokens, usage
+from .openai_api import handlers as v1
 
-ROUTE_MODULES = (health, conversations, execute, search, models, usage, websocket)
+ROUTE_MODULES = (health, conversations, execute, search, models, usage, tokens, websocket, v1)
 
 
 def all_handlers() -> list[tuple[str, Any]]:

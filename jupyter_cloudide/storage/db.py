@@ -9,6 +9,7 @@ returns frozen dataclasses, never live ORM objects, so callers never hold a sess
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import functools
 import hashlib
 import hmac
@@ -194,8 +195,9 @@ class ApiKeyRecord:
     last_used_at: datetime | None
 
     def allows_model(self, model: str) -> bool:
-        """True if the key's scope includes ``model`` (an empty scope allows every model)."""
-        return not self.models or model in self.models
+        """True if the key's scope includes ``model``: its entries are model ids or globs
+        (``gpt-*``); an empty scope allows every model."""
+        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
 
 
 def _conversation(row: Conversation) -> ConversationRecord:

@@ -36,10 +36,21 @@ SAMPLES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "renameConversation": ("PATCH", f"cloudide/api/conversations/{MISSING_ID}",
                            {"title": "t"}),
     "deleteConversation": ("DELETE", f"cloudide/api/conversations/{MISSING_ID}", None),
+    "listTokens": ("GET", "cloudide/api/tokens", None),
+    "createToken": ("POST", "cloudide/api/tokens", {"name": "t", "expires": "1d"}),
+    "revokeToken": ("DELETE", f"cloudide/api/tokens/{MISSING_ID}", None),
+    "listV1Models": ("GET", "cloudide/v1/models", None),
+    "getV1Model": ("GET", "cloudide/v1/models/no-such-model", None),
+    "createChatCompletion": ("POST", "cloudide/v1/chat/completions",
+                             {"model": "no-such-model",
+                              "messages": [{"role": "user", "content": "x"}]}),
+    "createEmbeddings": ("POST", "cloudide/v1/embeddings",
+                         {"model": "no-such-model", "input": "x"}),
 }
 #: operations whose sample names something that does not exist: authorized means 404
 MISSING_TARGET = {"getConversation", "execute", "getJob", "cancelJob", "renameConversation",
-                  "deleteConversation"}
+                  "deleteConversation", "revokeToken", "getV1Model", "createChatCompletion",
+                  "createEmbeddings"}
 RESOURCES = sorted({op["auth_resource"] for op in spec.operations().values()})
 
 
@@ -115,7 +126,10 @@ async def _call(jp_fetch: Any, jp_http_port: int, jp_base_url: str, operation: s
     response = await jp_fetch(*path.split("/"), **kwargs)
     if response.code >= 400:
         assert response.headers["Content-Type"].startswith("application/json"), operation
-        assert "message" in json.loads(response.body), operation
+        body = json.loads(response.body)
+        if path.startswith("cloudide/v1/"):  # OpenAI's error shape on the /v1 prefix
+            body = body["error"]
+        assert "message" in body, operation
     return int(response.code)
 
 

@@ -23,6 +23,7 @@ from .base import (
     SdkProvider,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
     ToolCallStarted,
     Usage,
     closing_events,
@@ -55,6 +56,14 @@ class AnthropicProvider(SdkProvider):
                                 "input_schema": t.parameters} for t in request.tools]
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if request.tools:
+            choice = tool_choice(request.tool_choice, request.parallel_tool_calls)
+            if choice is not None:
+                kwargs["tool_choice"] = choice
+        if request.top_p is not None:
+            kwargs["top_p"] = request.top_p
+        if request.stop:
+            kwargs["stop_sequences"] = list(request.stop)
         kwargs.update(request.extra)
         # the per-call timeout bounds each read of the stream, so a stall between chunks (or
         # a slow first token) fails the call without a timer of ours per chunk
@@ -85,6 +94,8 @@ class AnthropicProvider(SdkProvider):
                         yield TextDelta(delta.text)
                     elif delta.type == "input_json_delta" and event.index in blocks:
                         blocks[event.index]["args"].append(delta.partial_json)
+                        if delta.partial_json:
+                            yield ToolCallDelta(blocks[event.index]["id"], delta.partial_json)
                 elif kind == "message_delta":
                     stop = event.delta.stop_reason or stop
                     if event.usage is not None:
@@ -97,6 +108,21 @@ class AnthropicProvider(SdkProvider):
         for item in closing_events(None if stop is None else STOP_REASONS.get(stop, "stop"),
                                    done, produced, counted, messages):
             yield item
+
+
+def tool_choice(choice: str | dict[str, Any] | None, parallel: bool | None
+                ) -> dict[str, Any] | None:
+    """OpenAI's ``tool_choice`` and ``parallel_tool_calls`` → Anthropic's ``tool_choice``."""
+    if choice is None and parallel is None:
+        return None
+    if isinstance(choice, dict):
+        out: dict[str, Any] = {"type": "tool",
+                               "name": str((choice.get("function") or {}).get("name", ""))}
+    else:
+        out = {"type": {"required": "any", "none": "none"}.get(str(choice), "auto")}
+    if parallel is False and out["type"] != "none":
+        out["disable_parallel_tool_use"] = True
+    return out
 
 
 def to_anthropic(messages: Sequence[Message]) -> tuple[str, list[dict[str, Any]]]:

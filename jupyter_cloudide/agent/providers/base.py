@@ -65,6 +65,15 @@ class ToolCallStarted:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a started tool call's arguments, as it streams (the complete arguments still
+    come in the :class:`ToolCall`): lets the ``/v1`` API stream them on."""
+
+    id: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Usage:
     input_tokens: int
     output_tokens: int
@@ -79,7 +88,7 @@ class Finish:
     reason: str
 
 
-Event = TextDelta | ToolCallStarted | ToolCall | Usage | Finish
+Event = TextDelta | ToolCallStarted | ToolCallDelta | ToolCall | Usage | Finish
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,13 @@ class ChatRequest:
     #: seconds until the first event, then between events
     timeout_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: OpenAI's vocabulary, translated by each provider: "auto" | "none" | "required" |
+    #: {"type": "function", "function": {"name": ...}}; None: the upstream's default
+    tool_choice: str | dict[str, Any] | None = None
+    #: False: at most one tool call per answer; None: the upstream's default
+    parallel_tool_calls: bool | None = None
+    top_p: float | None = None
+    stop: Sequence[str] = ()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from .base import (
     SdkProvider,
     TextDelta,
     ToolCall,
+    ToolCallDelta,
     ToolCallStarted,
     Usage,
     closing_events,
@@ -57,6 +58,14 @@ class OpenAIProvider(SdkProvider):
             kwargs["tools"] = [t.openai() for t in request.tools]
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if request.tools and request.tool_choice is not None:
+            kwargs["tool_choice"] = request.tool_choice
+        if request.tools and request.parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.top_p is not None:
+            kwargs["top_p"] = request.top_p
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
         kwargs.update(request.extra)
         # the per-call timeout bounds each read of the stream, so a stall between chunks (or
         # a slow first token) fails the call without a timer of ours per chunk
@@ -85,8 +94,12 @@ class OpenAIProvider(SdkProvider):
                         if function is not None and function.name and not call["name"]:
                             call["name"] = function.name
                             yield ToolCallStarted(call["id"], call["name"])
+                            if call["args"]:  # arguments that came before the name
+                                yield ToolCallDelta(call["id"], "".join(call["args"]))
                         if function is not None and function.arguments:
                             call["args"].append(function.arguments)
+                            if call["name"]:
+                                yield ToolCallDelta(call["id"], function.arguments)
                     if choice.finish_reason:
                         finish = str(choice.finish_reason)
         done = [ToolCall(calls[i]["id"] or f"call_{i}", calls[i]["name"],

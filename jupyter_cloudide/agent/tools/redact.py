@@ -41,6 +41,8 @@ _CREDENTIAL_NAMES = (
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # OpenAI (sk-, sk-proj-, sk-svcacct-), Anthropic (sk-ant-api03-...) and compatible servers
     (re.compile(r"(?<![A-Za-z0-9_-])sk-[A-Za-z0-9_-]{20,}"), REDACTED),
+    # jupyter_cloudide's own /v1 API keys (storage.db.API_KEY_PREFIX)
+    (re.compile(r"(?<![A-Za-z0-9_-])cide_[A-Za-z0-9_-]{20,}"), REDACTED),
     # AWS access key ids (long-term AKIA, temporary ASIA, and the other principal prefixes)
     (re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"),
      REDACTED),

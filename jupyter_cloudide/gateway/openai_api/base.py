@@ -1,0 +1,179 @@
+"""The base of the ``cloudide/v1`` handlers: bearer auth, OpenAI-shaped errors, SSE.
+
+Every answer under the prefix has the OpenAI shape, whatever raised it: our domain errors,
+provider errors, and tornado's/jupyter_server's own refusals (405, a foreign Host) all go
+through :meth:`V1Handler.write_error`. Streams are written one flushed event at a time, never
+compressed; the headers go out with the first event, so an error before it (a 429 from the
+limiter or from every allowed upstream, a 404 model) is a real HTTP status the SDKs act on.
+While an answer is slow to come (an agent's tool, a cold model), a ``: keep-alive`` comment
+goes out every ``v1_keepalive_seconds`` (which also sends the headers). A client that goes
+away cancels the work: the upstream call is closed and what it produced is billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncGenerator
+from http.client import responses
+from typing import Any, ClassVar
+
+from tornado import web
+from tornado.iostream import StreamClosedError
+
+from ...agent.api import ApiEvent, Principal
+from ...agent.providers.base import ProviderError
+from ...agent.wire import openai as wire
+from ...errors import CloudIDEError
+from ..base import CloudIDEHandler
+from .auth import BearerIdentity
+
+
+class V1Handler(CloudIDEHandler):
+    """Base of every ``cloudide/v1`` handler."""
+
+    auth_resource = "cloudide:v1"
+    #: the wire format's error and keep-alive encoders (``error_for``, ``for_status``,
+    #: ``KEEPALIVE``): a handler of another format (Anthropic Messages) sets its own module
+    wire_format: ClassVar[Any] = wire
+    v1_principal: Principal
+    _work: asyncio.Future[None] | None = None
+    _sse: bool = False
+    _last_write: float = 0.0
+    _write_lock: asyncio.Lock | None = None
+
+    @property
+    def identity_provider(self) -> Any:
+        return BearerIdentity(self.settings["identity_provider"], self.cloudide)
+
+    @property
+    def principal(self) -> Principal:
+        return self.v1_principal
+
+    @property
+    def username(self) -> str:
+        return self.v1_principal.user
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        self._transforms = []  # never compressed: an SSE event must leave when written
+        await super().prepare()
+
+    # -- errors -------------------------------------------------------------------------
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, CloudIDEError | ProviderError):
+            status_code = self.wire_format.error_for(exc).status
+        super(CloudIDEHandler, self).send_error(status_code, **kwargs)
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, ProviderError):
+            self.log.info("%s %s → model error (%s)", self.request.method, self.route_name,
+                          value.kind)
+            return
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, CloudIDEError | ProviderError):
+            error = self.wire_format.error_for(exc)
+        elif isinstance(exc, web.HTTPError):
+            message = exc.log_message or responses.get(status_code, "error")
+            if exc.args:
+                with contextlib.suppress(TypeError, ValueError):
+                    message = message % exc.args
+            error = self.wire_format.for_status(status_code, message)
+        else:
+            message = "internal server error" if status_code >= 500 \
+                else responses.get(status_code, "error")
+            error = self.wire_format.for_status(status_code, message)
+        for name, value in error.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error.body))
+
+    # -- work that ends with the connection -----------------------------------------------
+
+    async def run_cancellable(self, work: Any) -> None:
+        """Run ``work`` (a coroutine); the client going away cancels it."""
+        self._work = asyncio.ensure_future(work)
+        try:
+            await self._work
+        except asyncio.CancelledError:
+            if not self.request.connection or not self._gone():
+                raise  # the server is stopping, not the client leaving
+            with contextlib.suppress(Exception):
+                self.finish()
+
+    def _gone(self) -> bool:
+        stream = getattr(self.request.connection, "stream", None)
+        return stream is None or stream.closed()
+
+    def on_connection_close(self) -> None:
+        super().on_connection_close()
+        if self._work is not None and not self._work.done():
+            self._work.cancel()
+
+    # -- server-sent events -------------------------------------------------------------
+
+    def _start_sse(self) -> None:
+        self._sse = True
+        self.set_status(200)
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # and no proxy buffering either
+
+    async def _send(self, frame: str) -> None:
+        assert self._write_lock is not None
+        async with self._write_lock:  # tornado's flush() must not be awaited twice at once
+            if not self._sse:
+                self._start_sse()
+            self.write(frame)
+            self._last_write = time.monotonic()
+            await self.flush()
+
+    async def _keepalive(self, interval: float) -> None:
+        while True:
+            wait = self._last_write + interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            await self._send(self.wire_format.KEEPALIVE)
+
+    async def stream_events(self, events: AsyncGenerator[ApiEvent, None],
+                            encode: Any, keepalive_s: float) -> None:
+        """Write the events as SSE frames (``encode(event) -> str``). An error before the first
+        frame is raised (a real status); after it, it is one ``data: {"error": ...}`` event."""
+        self._write_lock = asyncio.Lock()
+        self._last_write = time.monotonic()
+        pinger = asyncio.ensure_future(self._keepalive(keepalive_s)) if keepalive_s > 0 \
+            else None
+        try:
+            async with contextlib.aclosing(events) as stream:
+                try:
+                    async for event in stream:
+                        frame = encode(event)
+                        if frame:
+                            await self._send(frame)
+                except (CloudIDEError, ProviderError) as exc:
+                    if not self._sse:
+                        raise
+                    self.log.info("v1 stream ended by an error: %s", type(exc).__name__)
+                    await self._send(self.wire_format.error_for(exc).sse())
+        except StreamClosedError:
+            return  # the client left between two events; the stream was closed above
+        finally:
+            if pinger is not None:
+                pinger.cancel()
+        self.finish(set_content_type="text/event-stream; charset=utf-8")
+
+    def finish(self, *args: Any, **kwargs: Any) -> Any:
+        if self._sse:
+            kwargs["set_content_type"] = "text/event-stream; charset=utf-8"
+        return super().finish(*args, **kwargs)
+
+    def write_openai(self, body: dict[str, Any], status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
