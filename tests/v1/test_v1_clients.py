@@ -12,7 +12,7 @@ from v1_testing import ledger_rows, make_key
 pytestmark = [
     pytest.mark.timeout(120),
     # litellm's own types trip pydantic's warnings: not ours to fix
-    pytest.mark.filterwarnings("ignore:Item .* is using the `ReadOnly` qualifier:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Items? .* using the `ReadOnly` qualifier:UserWarning"),
     pytest.mark.filterwarnings("ignore::pydantic.warnings.PydanticDeprecatedSince211"),
 ]
 
