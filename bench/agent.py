@@ -163,19 +163,27 @@ def start_upstream(fleet: Fleet, args: argparse.Namespace
     argv = [sys.executable, str(Path(__file__).resolve()), "--upstream-child",
             f"--chunks={args.chunks}", f"--chunk-size={args.chunk_size}", f"--record={record}"]
     proc = fleet.spawn("upstream", argv, repo_env(), tmp)
+    return proc, upstream_address(proc), record
+
+
+def upstream_address(proc: Proc) -> dict[str, str]:
+    """The base URL and key the upstream child prints once it listens."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"upstream exited with {proc.popen.returncode}:\n{proc.tail()}")
         for line in proc.tail(50).splitlines():
             if line.startswith(READY_MARK):
-                return proc, dict(json.loads(line[len(READY_MARK):])), record
+                return dict(json.loads(line[len(READY_MARK):]))
         time.sleep(0.02)
     raise RuntimeError(f"upstream did not start:\n{proc.tail()}")
 
 
-def start_server(fleet: Fleet, upstream: dict[str, str], server_args: list[str]) -> Proc:
-    tmp = fleet.mkdtemp("bench-agent-server-")
+def start_server(fleet: Fleet, upstream: dict[str, str], server_args: list[str],
+                 rate_limits: dict[str, Any] | None = None) -> Proc:
+    """A jupyter server whose only provider is the fake upstream; ``rate_limits`` raises
+    the route class the bench drives (default: ``chat``) so the limiter never refuses."""
+    tmp = fleet.mkdtemp("bench-server-")
     for sub in ("root", "data", "runtime"):
         (tmp / sub).mkdir()
     env = repo_env()
@@ -192,7 +200,7 @@ def start_server(fleet: Fleet, upstream: dict[str, str], server_args: list[str])
                        "api_key": upstream["api_key"]}],
         "default_model": MODEL,
         "index_enabled": False,
-        "rate_limits": RATE_LIMITS,
+        "rate_limits": RATE_LIMITS if rate_limits is None else rate_limits,
     }}))
     return fleet.spawn_jupyter("server", tmp, env, extra=list(server_args))
 

@@ -61,7 +61,8 @@ from pathlib import Path
 from typing import Any
 
 from _common import Fleet, Proc, bench_main, free_port, pct, repo_env, versions
-from agent import READY_MARK, ms, proc_cpu_s, reply_text, stats, wait_ready
+from agent import READY_MARK, ms, proc_cpu_s, reply_text, stats, upstream_address, wait_ready
+from agent import start_server as agent_start_server
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
@@ -124,37 +125,12 @@ def start_upstream(fleet: Fleet, args: argparse.Namespace) -> tuple[Proc, dict[s
             f"--chunks={args.chunks}", f"--chunk-size={args.chunk_size}",
             f"--slow-chunks={args.slow_chunks}", f"--slow-delay={args.slow_delay}"]
     proc = fleet.spawn("upstream", argv, repo_env(), tmp)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"upstream exited with {proc.popen.returncode}:\n{proc.tail()}")
-        for line in proc.tail(50).splitlines():
-            if line.startswith(READY_MARK):
-                return proc, dict(json.loads(line[len(READY_MARK):]))
-        time.sleep(0.02)
-    raise RuntimeError(f"upstream did not start:\n{proc.tail()}")
+    return proc, upstream_address(proc)
 
 
 def start_server(fleet: Fleet, upstream: dict[str, str]) -> Proc:
-    """As ``bench/agent.py``'s, with the ``v1`` rate limit raised instead of ``chat``'s."""
-    tmp = fleet.mkdtemp("bench-v1-server-")
-    for sub in ("root", "data", "runtime", "config"):
-        (tmp / sub).mkdir()
-    env = repo_env()
-    env["JUPYTER_CLOUDIDE_DATA_DIR"] = str(tmp / "data")
-    env["JUPYTER_CONFIG_DIR"] = str(tmp / "config")
-    env["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
-    env["JUPYTER_PLATFORM_DIRS"] = "1"
-    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
-        env.pop(name, None)  # the fake upstream is the only provider
-    (tmp / "config" / "jupyter_server_config.json").write_text(json.dumps({"CloudIDEApp": {
-        "providers": [{"name": "openai", "kind": "openai", "base_url": upstream["base_url"],
-                       "api_key": upstream["api_key"]}],
-        "default_model": MODEL,
-        "index_enabled": False,
-        "rate_limits": RATE_LIMITS,
-    }}))
-    return fleet.spawn_jupyter("server", tmp, env)
+    """``bench/agent.py``'s server, with the ``v1`` rate limit raised instead of ``chat``'s."""
+    return agent_start_server(fleet, upstream, [], rate_limits=RATE_LIMITS)
 
 
 def start_litellm(fleet: Fleet, args: argparse.Namespace, upstream: dict[str, str],
