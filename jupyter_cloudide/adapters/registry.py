@@ -152,7 +152,10 @@ class AdapterProvider:
         return self._adapter
 
     def secret_values(self) -> tuple[str, ...]:
-        """The key and the built adapter's secret options (to redact from tool results)."""
+        """The key and the adapter's secret options (to redact from tool results). Builds the
+        adapter if need be: its secrets must be known before the first tool result is sent."""
+        with contextlib.suppress(ProviderError):
+            self.adapter()  # a configuration error is logged once and kept
         built = self._adapter.secret_values() if self._adapter is not None else ()
         return tuple(dict.fromkeys(v for v in (self._key, *built) if v))
 

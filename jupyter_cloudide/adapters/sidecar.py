@@ -327,12 +327,29 @@ def parser() -> argparse.ArgumentParser:
                         "options)")
     p.add_argument("--api-key-env", metavar="VAR",
                    help="require Authorization: Bearer <the value of $VAR> from clients")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve a non-loopback address without --api-key-env (refused "
+                        "otherwise: anyone who reaches it would spend the adapter's "
+                        "credentials)")
     p.add_argument("--model", action="append", default=[], metavar="ID",
                    help="model ids to list (default: the adapter's own list)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds for the first event of an answer, then between events")
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def _loopback(host: str) -> bool:
+    """True for an address only this machine can reach (a name other than localhost is not
+    resolved here: it counts as reachable from elsewhere)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def load_options(config: str | None, pairs: Sequence[str]) -> dict[str, Any]:
@@ -364,6 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     api_key = None
     try:
+        if not args.api_key_env and not args.no_auth and not _loopback(args.host):
+            raise AdapterConfigError(
+                f"serve-adapter: --host {args.host} is reachable from other machines: set "
+                "--api-key-env VAR (clients send Authorization: Bearer <$VAR>), or pass "
+                "--no-auth to serve it open on purpose")
         if args.api_key_env:
             api_key = os.environ.get(args.api_key_env)
             if not api_key:
@@ -377,9 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdapterConfigError as exc:
         print(exc.message, file=sys.stderr)
         return 2
-    if api_key is None and args.host not in ("127.0.0.1", "::1", "localhost"):
-        log.warning("serving on %s without --api-key-env: anyone who can reach it can use "
-                    "the model service with this adapter's credentials", args.host)
+    if api_key is None and not _loopback(args.host):
+        log.warning("serving on %s without a key (--no-auth): anyone who can reach it can "
+                    "use the model service with this adapter's credentials", args.host)
     sidecar = Sidecar(AdapterProvider.of(adapter), api_key=api_key, timeout_s=args.timeout,
                       models=args.model)
     return asyncio.run(_run(sidecar, args.host, args.port))

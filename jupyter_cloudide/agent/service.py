@@ -56,9 +56,9 @@ class AgentService:
         env = os.environ if env is None else env
         self.secrets = load_secrets(config.secrets_file)
         configs = provider_configs(config.providers, env, self.secrets)
-        #: provider keys: redacted from every tool result the model sees
-        self.key_values = tuple(c.api_key for c in configs if c.api_key)
+        self._api_keys = tuple(c.api_key for c in configs if c.api_key)
         providers = build_providers(configs, timeout_s=config.provider_timeout_s)
+        self._providers = providers
         self.registry = ModelRegistry(providers, model_specs(config.models, providers),
                                       allowlist=config.allowlist,
                                       default_model=config.default_model)
@@ -73,6 +73,18 @@ class AgentService:
                                              completion_model=config.completion_model,
                                              meter=meter)
         self._discovered: asyncio.Task[list[str]] | None = None
+
+    @property
+    def key_values(self) -> tuple[str, ...]:
+        """Provider keys and adapters' secret options (an OAuth2 client secret set in a
+        provider's ``options``): redacted from every tool result and context item the model
+        sees."""
+        values: list[str] = list(self._api_keys)
+        for provider in self._providers.values():
+            secret_values = getattr(provider, "secret_values", None)
+            if secret_values is not None:
+                values.extend(secret_values())
+        return tuple(dict.fromkeys(v for v in values if v))
 
     async def ready(self) -> None:
         """Discover undeclared models once (a provider that is down is retried next time)."""

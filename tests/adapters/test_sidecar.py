@@ -229,7 +229,10 @@ def test_serve_adapter_command(tmp_path: Path, service: WsModelService) -> None:
     (["ws-oauth2", "--option", "url=http://x", "--option", "token_url=http://t",
       "--option", "client_id=a", "--option", "client_secret=b"], "a ws:// or wss:// URL"),
     (["ws-oauth2", "--api-key-env", "NOT_SET_ANYWHERE"], "$NOT_SET_ANYWHERE is not set"),
-], ids=["unknown", "missing", "bad-url", "key-env"])
+    (["ws-oauth2", "--host", "0.0.0.0", "--option", "url=ws://x"],
+     "--host 0.0.0.0 is reachable from other machines: set --api-key-env"),
+    (["ws-oauth2", "--host", "10.1.2.3"], "--host 10.1.2.3 is reachable from other machines"),
+], ids=["unknown", "missing", "bad-url", "key-env", "open-host", "open-host-2"])
 def test_serve_adapter_refuses_a_bad_configuration(args: list[str], message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "jupyter_cloudide.adapters.sidecar", *args],
                             capture_output=True, text=True, timeout=60, check=False)
