@@ -405,7 +405,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ws in: read + dispatch", ("WebSocketProtocol13._receive_frame", "Channel.handle_text",
                                 "SessionChannelHandler.on_message")),
     ("history: list -> messages", ("AgentLoop._history",)),
-    ("metering: usage event", ("AgentLoop._meter", "_meter_rows", "_write_usage")),
+    ("metering: usage event", ("AgentLoop._meter", "_meter_rows", "Ledger.")),
     ("agent loop + service (other)", ("jupyter_cloudide/agent/",)),
     ("gateway (other)", ("jupyter_cloudide/gateway/",)),
     ("httpx/httpcore/anyio (HTTP under the SDK)", ("httpx", "httpcore", "anyio/")),

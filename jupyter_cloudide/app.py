@@ -33,8 +33,12 @@ if TYPE_CHECKING:
     from .agent.service import AgentService
     from .executor.service import ExecutorService
     from .gateway.ratelimit import Decision, Limit, RateLimiter
+    from .metering.budgets import BudgetManager, Reservation
+    from .metering.hub_sync import HubSync
     from .metering.kernel_time import KernelMeter
     from .metering.kernel_watch import KernelWatcher
+    from .metering.ledger import Ledger
+    from .metering.pricing import Pricing
     from .storage.db import MetadataStore
     from .storage.indexer import IndexService
 
@@ -273,6 +277,77 @@ class CloudIDEApp(ExtensionApp):
     def _default_usage_owner(self) -> str:
         return os.environ.get("JUPYTERHUB_USER") or self._owner_name
 
+    # -- pricing and usage reports (metering/pricing.py, metering/ledger.py, docs/metering.md)
+
+    kernel_prices = Dict(
+        config=True,
+        help="""Kernel time prices per kernelspec ("*": every kernelspec not listed), per
+        kind (kernel_busy, kernel_lifetime): a price per hour, or volume tiers per billing
+        period: {"*": {"kernel_busy": [{"up_to_hours": 100, "per_hour": 0.10},
+        {"up_to_hours": 500, "per_hour": 0.08}, {"per_hour": 0.05}]}}. Token prices are the
+        models' price_per_1k (with optional "tiers"). Empty: kernel time is free.""",
+    )
+    billing_period = Enum(
+        ["month", "day"], "month", config=True,
+        help="The period volume tiers count in (UTC calendar months or days).",
+    )
+    currency = Unicode(
+        "USD", config=True,
+        help="The currency of every price (a label: prices are not converted).",
+    )
+    usage_admins = List(
+        Unicode(), config=True,
+        help="""Who may see other users' and groups' usage (cloudide/api/usage?user= /
+        ?group=): user names and "group:<name>" entries. The Authorizer must also allow
+        "read" on "cloudide:usage-admin".""",
+    )
+    usage_write_interval = Float(
+        1.0, config=True,
+        help="""Seconds metered rows are gathered before one ledger write (sooner when many
+        are waiting). Rows in memory at a crash are lost; a clean shutdown writes them.""",
+    )
+    usage_max_unwritten_rows = Int(
+        100_000, config=True,
+        help="""Rows kept in memory while the ledger cannot be written (database down);
+        past it the oldest are dropped, with an error log and a metric.""",
+    )
+    usage_request_interval = Float(
+        60.0, config=True,
+        help="Seconds requests are counted per user and route before one ledger row each.",
+    )
+    usage_index_interval = Float(
+        3600.0, config=True,
+        help="""Seconds between snapshots of each user's semantic-index size into the ledger
+        (idempotent per user per hour). 0 disables.""",
+    )
+
+    @validate("kernel_prices", "currency")
+    def _valid_pricing(self, proposal: Any) -> Any:
+        from .metering.pricing import Pricing, PricingError
+
+        value = proposal["value"]
+        name = proposal["trait"].name
+        try:
+            if name == "kernel_prices":
+                Pricing.from_config(kernel_prices=value)
+            else:
+                Pricing(currency=value)
+        except PricingError as exc:
+            raise TraitError(f"CloudIDEApp.{name}: {exc}") from None
+        return value
+
+    def build_pricing(self) -> Pricing:
+        """The prices of the configuration (models, embeddings, kernels); PricingError names
+        the bad entry (models are validated here: their trait has no validator of ours)."""
+        from .metering.pricing import Pricing
+
+        extra: dict[str, dict[str, Any]] = {}
+        if self.v1_embedding_model:
+            extra[self.v1_embedding_model] = {"input": self.v1_embedding_price_per_1k}
+        return Pricing.from_config(models=self.models, kernel_prices=self.kernel_prices,
+                                   extra_model_prices=extra,
+                                   billing_period=self.billing_period, currency=self.currency)
+
     # -- agent --------------------------------------------------------------------------------
 
     providers = List(
@@ -482,6 +557,78 @@ class CloudIDEApp(ExtensionApp):
         help="""Seconds a cloudide/v1 model call may wait for its first token, and then
         between tokens, before it fails (and falls back to another allowed model).""",
     )
+    v1_complete_timeout_seconds = Float(
+        600.0, config=True,
+        help="""Seconds a non-streaming cloudide/v1 request may wait for the whole answer of
+        an OpenAI-compatible model, which it asks for in one body (no tokens to time between;
+        the openai SDK's own default). Streaming requests use v1_timeout_seconds.""",
+    )
+
+    # -- budgets (metering/budgets.py, docs/budgets.md) ---------------------------------------
+
+    budgets = List(
+        Dict(), config=True,
+        help="""Spending caps: [{"scope": "user" | "user:<name>" | "group:<name>", "period":
+        "day" | "month", "metric": "cost" | "kernel_seconds", "limit": 20.0,
+        "warn_percent": 80}]. `user`: every user their own budget; `group:<name>`: one
+        budget shared by the group's members (a team budget). Periods are UTC days and
+        calendar months. Cost is in USD and is enforced before each model call by reserving
+        its worst case; kernel_seconds (kernel busy time) refuses new agent executions once
+        used up. Empty: no budgets.""",
+    )
+
+    @validate("budgets")
+    def _valid_budgets(self, proposal: Any) -> list[dict[str, Any]]:
+        from .metering.budgets import parse_rules
+
+        try:
+            parse_rules(proposal["value"], where="CloudIDEApp.budgets")
+        except ValueError as exc:
+            raise TraitError(str(exc)) from None
+        return list(proposal["value"])
+
+    budget_warn_percent = Float(
+        80.0, config=True,
+        help="""Percent of a budget at which its users are warned (once per period: an event
+        and a notice in JupyterLab); a rule's warn_percent overrides it.""",
+    )
+
+    @validate("budget_warn_percent")
+    def _valid_warn_percent(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if not 0 < value <= 100:
+            raise TraitError("budget_warn_percent must be in (0, 100]")
+        return value
+
+    budget_fail_closed = Bool(
+        False, config=True,
+        help="""When the usage ledger cannot be read to check a budget: True refuses metered
+        requests (503) until it can; False (default) allows them, counting only the spend
+        this server sees from then on (logged).""",
+    )
+    budget_refresh_seconds = Float(
+        60.0, config=True,
+        help="""Seconds between re-reads of budget spend from the ledger (spend written by
+        other processes, e.g. servers sharing a PostgreSQL ledger). 0 disables.""",
+    )
+
+    # -- JupyterHub (metering/hub_sync.py, jupyter_cloudide/hub, docs/hub.md) -----------------
+
+    hub_usage_service = Unicode(
+        "cloudide", config=True,
+        help="""Name of the jupyter_cloudide hub service this server reports usage to and
+        takes team budgets from, when it runs under JupyterHub. Empty: no hub sync.""",
+    )
+    hub_usage_url = Unicode(
+        "", config=True,
+        help="""Base URL of that service as this server reaches it, e.g.
+        http://hub:10101/services/cloudide/. Default: JUPYTER_CLOUDIDE_HUB_URL, else the
+        Hub's public URL (JUPYTERHUB_PUBLIC_HUB_URL) with services/<name>/.""",
+    )
+    hub_sync_interval = Float(
+        30.0, config=True,
+        help="Seconds between usage reports to (and budget reads from) the hub service.",
+    )
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -499,6 +646,8 @@ class CloudIDEApp(ExtensionApp):
     _executor: ExecutorService | None = None
     _meter: KernelMeter | None = None
     _watcher: KernelWatcher | None = None
+    #: the usage report / team budget loop under JupyterHub (None elsewhere)
+    hub_sync: HubSync | None = None
     _index: IndexService | None = None
     _agent: AgentService | None = None
     _api: ApiService | None = None
@@ -510,9 +659,7 @@ class CloudIDEApp(ExtensionApp):
     def initialize_settings(self) -> None:
         """Cheap, synchronous wiring; nothing here touches the disk or the network."""
         self._tasks = []
-        self._pending_writes: set[asyncio.Future[None]] = set()
         self._settling: set[asyncio.Future[None]] = set()
-        self._usage_buffer: list[Any] = []
         self._completions = {}
         self._superseded: set[asyncio.Future[dict[str, Any]]] = set()
         self._components = {}
@@ -552,6 +699,9 @@ class CloudIDEApp(ExtensionApp):
         self.register_component("index", self._index_state)
         self.settings["ws_ping_interval"] = int(self.ws_heartbeat_seconds * 1000)
         events.register_schemas(self.event_logger)
+        self.ledger = self._build_ledger()
+        self.budget_manager = self._build_budgets()
+        self.ledger.subscribe(self.budget_manager.on_rows)
 
     def _check_queue_bounds(self) -> None:
         """A replay is queued in one go; if it could overflow the send queue, every reconnect
@@ -577,10 +727,31 @@ class CloudIDEApp(ExtensionApp):
         self._limiter = self._build_limiter()
         self._tasks.append(asyncio.create_task(self._open_store()))
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.budget_manager.enabled and self.budget_refresh_seconds > 0:
+            self._tasks.append(asyncio.create_task(self._refresh_budgets()))
         self.executor_service().start()
         if self.index_enabled:
             self._tasks.append(asyncio.create_task(self._start_index()))
+            if self.usage_index_interval > 0:
+                self._tasks.append(asyncio.create_task(self._index_usage_loop()))
+        self._start_hub_sync()
         self.log.info("jupyter_cloudide %s started (data: %s)", __version__, self.data_dir)
+
+    def _start_hub_sync(self) -> None:
+        """Under JupyterHub, report usage to the hub service and take team budgets back (a
+        task in ``_tasks``: stop_extension cancels it)."""
+        if not self.hub_usage_service or not os.environ.get("JUPYTERHUB_API_TOKEN"):
+            return
+        from .metering.hub_sync import HubSync, settings_from_env
+
+        settings = settings_from_env(os.environ, self.hub_usage_service, self.hub_usage_url,
+                                     self.hub_sync_interval)
+        if settings is None:
+            return
+        manager = getattr(self, "budget_manager", None)
+        self.hub_sync = HubSync(settings, store=self.metadata_store, data_dir=self.data_dir,
+                                on_budgets=getattr(manager, "set_remote", None))
+        self._tasks.append(asyncio.create_task(self.hub_sync.run()))
 
     async def stop_extension(self) -> None:
         """Stop cleanly: close sessions, cancel background tasks, close the store and limiter.
@@ -608,10 +779,6 @@ class CloudIDEApp(ExtensionApp):
             self._api_embedder = None
             if close is not None:
                 await asyncio.to_thread(close)
-        for pending in list(getattr(self, "_pending_writes", ())):
-            pending.cancel()
-        if getattr(self, "_usage_buffer", None) and self.store is not None:
-            await self._flush_usage()
         if self._index is not None:
             index, self._index = self._index, None
             with contextlib.suppress(Exception):
@@ -623,6 +790,9 @@ class CloudIDEApp(ExtensionApp):
         if self._watcher is not None:
             watcher, self._watcher = self._watcher, None
             await watcher.stop()  # checkpoints lifetimes and flushes rows to the ledger
+        ledger: Ledger | None = getattr(self, "ledger", None)
+        if ledger is not None:
+            await ledger.close()  # writes what is buffered (retrying for a while)
         if self.store is not None:
             store, self.store = self.store, None
             await asyncio.to_thread(store.close)
@@ -697,6 +867,7 @@ class CloudIDEApp(ExtensionApp):
         self.store = store
         self._db_state = {"state": "ok", "dialect": store.dialect,
                           "schema": store.schema_version}
+        await self.ledger.start(store)  # before anyone meters: tier volumes are loaded
         ready.set_result(store)
         if self.kernel_metering:
             await self._start_kernel_metering()
@@ -714,14 +885,52 @@ class CloudIDEApp(ExtensionApp):
         self._meter = KernelMeter(self.usage_owner)
         self._watcher = KernelWatcher(
             self.server.kernel_manager, self._meter, owner=self.usage_owner,
-            on_rows=self._write_usage, event_logger=self.event_logger,
+            on_rows=self._write_kernel_usage, event_logger=self.event_logger,
             write_delay_s=self.kernel_metering_write_delay,
         )
         await self._watcher.start()
 
-    async def _write_usage(self, rows: list[Any]) -> None:
-        store = await self.metadata_store()
-        await store.call(store.record_usage, rows)
+    async def _write_kernel_usage(self, rows: list[Any]) -> None:
+        """Kernel-time rows go through the ledger like every other (priced, published to
+        the budgets, written in batches)."""
+        self.ledger.add(rows)
+
+    def _build_ledger(self) -> Ledger:
+        """The usage ledger (no I/O: the store is attached once open). Invalid prices stop
+        the server here with the entry named."""
+        from .metering.ledger import Ledger
+        from .metering.pricing import PricingError
+
+        try:
+            pricing = self.build_pricing()
+        except PricingError as exc:
+            raise ValueError(f"CloudIDEApp pricing: {exc}") from None
+        return Ledger(pricing, event_logger=self.event_logger,
+                      flush_interval_s=self.usage_write_interval,
+                      max_unwritten_rows=self.usage_max_unwritten_rows,
+                      request_interval_s=self.usage_request_interval)
+
+    def count_request(self, user: str, route: str) -> None:
+        """One request of ``user`` on ``route`` (a REST route name or ``ws:<kind>``) for
+        the ledger's requests-by-route rows."""
+        ledger: Ledger | None = getattr(self, "ledger", None)
+        if ledger is not None:
+            ledger.count_request(user, route)
+
+    async def _index_usage_loop(self) -> None:
+        """Snapshot each indexed user's index folder size into the ledger, hourly (the
+        ledger's event id makes it one row per user per hour across restarts)."""
+        await asyncio.sleep(min(60.0, self.usage_index_interval))
+        while True:
+            if self._index is not None:
+                try:
+                    sizes = await asyncio.to_thread(self._index.folder_sizes)
+                except Exception:
+                    self.log.exception("jupyter_cloudide: index size not measured")
+                else:
+                    for user, size in sizes.items():
+                        self.ledger.record_index_size(user, size)
+            await asyncio.sleep(self.usage_index_interval)
 
     @property
     def kernel_watcher(self) -> KernelWatcher | None:
@@ -824,7 +1033,8 @@ class CloudIDEApp(ExtensionApp):
             )
             if self._agent is None:
                 self._agent = AgentService(config, store, tool_context=self._tool_context,
-                                           meter=self._meter_rows)
+                                           meter=self._meter_rows,
+                                           budgets=self.budget_manager)
         return self._agent
 
     async def api_service(self) -> ApiService:
@@ -836,6 +1046,7 @@ class CloudIDEApp(ExtensionApp):
             settings = ApiSettings(
                 agent_model=self.v1_agent_model, embedding_model=self.v1_embedding_model,
                 tool_activity=self.v1_agent_tool_activity, timeout_s=self.v1_timeout_seconds,
+                complete_timeout_s=self.v1_complete_timeout_seconds,
                 strategy=self.routing_strategy,
                 embedding_price_per_1k=self.v1_embedding_price_per_1k)
             embedder = self._v1_embedder if self.v1_embedding_model else None
@@ -853,11 +1064,81 @@ class CloudIDEApp(ExtensionApp):
             self._api_embedder = self._build_embedder()
         return self._api_embedder
 
-    async def check_budget(self, user: str, route_class: str, model: str | None) -> None:
-        """The budget check before a metered request: returns to allow it, raises
-        BudgetExceededError (429, ``x-should-retry: false`` on /v1) to refuse it. Allows
-        everything until budgets are configured (the budgets issue replaces this hook)."""
-        return None
+    # -- budgets ----------------------------------------------------------------------------
+
+    def _build_budgets(self) -> BudgetManager:
+        """The budget manager (no I/O: spend loads on a scope's first check)."""
+        from .metering.budgets import BudgetManager, parse_rules
+
+        rules = parse_rules(self.budgets, self.budget_warn_percent, where="CloudIDEApp.budgets")
+        self._members_to_store: set[tuple[str, str]] = set()
+        return BudgetManager(rules, open_store=self.metadata_store,
+                             unwritten=self._ledger_unwritten,
+                             fail_closed=self.budget_fail_closed,
+                             on_warning=self._on_budget_warning,
+                             remember_member=self._remember_member)
+
+    def _ledger_unwritten(self) -> list[Any]:
+        """Usage rows metered but not yet committed (the budgets add them to the DB sums)."""
+        return self.ledger.unwritten()
+
+    def _remember_member(self, group: str, user: str) -> None:
+        """Store a (group, user) pair seen in an identity, in the background, batched."""
+        self._members_to_store.add((group, user))
+        if len(self._members_to_store) > 1:
+            return  # a write is already scheduled
+
+        async def write() -> None:
+            from .metering.budgets import remember_members
+
+            await asyncio.sleep(0)
+            pairs, self._members_to_store = sorted(self._members_to_store), set()
+            try:
+                store = await self.metadata_store()
+                await store.call(remember_members, store.engine, pairs)
+            except Exception as exc:  # a hint for after a restart, not a ledger
+                self.log.warning("budgets: group membership not stored (%s)",
+                                 type(exc).__name__)
+
+        task = asyncio.ensure_future(write())
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    def _on_budget_warning(self, budget: dict[str, Any]) -> None:
+        """A budget crossed its warn percent (once per period): an event, and a notice in the
+        sessions of the members this server knows."""
+        users = list(budget.pop("users", ()))
+        data = {k: budget[k] for k in ("scope", "period", "metric", "limit", "spent",
+                                        "percent", "warn_percent", "period_start",
+                                        "resets_at")}
+        self.event_logger.emit(schema_id=events.BUDGET_WARNING, data=data)
+        for user in users:
+            self.push_to_user(user, {"kind": "budget.warning", "budget": budget})
+
+    async def _refresh_budgets(self) -> None:
+        while True:
+            await asyncio.sleep(self.budget_refresh_seconds)
+            try:
+                await self.budget_manager.resync()
+            except Exception:
+                self.log.exception("budgets: re-sync failed")
+
+    async def reserve_budget(self, user: str, groups: tuple[str, ...], amount: float
+                             ) -> Reservation | None:
+        """Reserve a model call's worst-case cost on the caller's budgets (refused with
+        BudgetExceededError, 429); give the result to settle_budget after the call."""
+        return await self.budget_manager.reserve(user, groups, amount)
+
+    def settle_budget(self, reservation: Reservation | None) -> None:
+        """Release a reservation once the call's real cost is in the ledger."""
+        self.budget_manager.settle(reservation)
+
+    async def check_budget(self, user: str, route_class: str, model: str | None,
+                           groups: tuple[str, ...] = ()) -> None:
+        """Refuse (BudgetExceededError: 429, ``x-should-retry: false`` on /v1) when a cost
+        budget of the caller is used up; nothing is reserved (routes that reserve use
+        reserve_budget)."""
+        await self.budget_manager.check(user, groups)
 
     def _settle_tokens(self, user: str, tokens: int) -> None:
         """Charge the rate limiter the difference between a request's token estimate and its
@@ -885,28 +1166,20 @@ class CloudIDEApp(ExtensionApp):
                 index = self.index_service()
         token = getattr(self.server.identity_provider, "token", "") or ""
         keys = self._agent.key_values if self._agent is not None else ()
+        executor: Any = self.executor_service()
+        if any(r.metric == "kernel_seconds" for r in self.budget_manager.rules):
+            from .metering.budgets import BudgetedExecutor
+
+            executor = BudgetedExecutor(executor, self.budget_manager, request.user,
+                                        tuple(getattr(request, "groups", ())))
         return ToolContext(user=request.user, contents_manager=self.server.contents_manager,
-                           executor=self.executor_service(), index=index,
+                           executor=executor, index=index,
                            secrets=tuple(s for s in (token, *keys) if s))
 
-    def _meter_rows(self, rows: list[Any]) -> None:
-        """Token rows from the agent, written in batches a second apart: one ledger write per
-        model call would queue on the store's thread in front of the next turn's messages."""
-        self._usage_buffer.extend(rows)
-        if not self._pending_writes:
-            task = asyncio.ensure_future(self._flush_usage(delay=1.0))
-            self._pending_writes.add(task)
-            task.add_done_callback(self._pending_writes.discard)
-
-    async def _flush_usage(self, delay: float = 0.0) -> None:
-        await asyncio.sleep(delay)
-        rows, self._usage_buffer = self._usage_buffer, []
-        if rows:
-            try:
-                await self._write_usage(rows)
-            except Exception:
-                self.log.exception("jupyter_cloudide: %d token usage rows not written",
-                                   len(rows))
+    def _meter_rows(self, rows: list[Any]) -> list[Any]:
+        """Token rows from the agent, /v1 and completions: the ledger prices them (the
+        subscribers, budgets, see them at once) and writes them in batches."""
+        return self.ledger.add(rows)
 
     async def _ws_chat_send(self, ctx: RequestContext,
                             payload: dict[str, Any]) -> dict[str, Any]:
@@ -1170,9 +1443,12 @@ class CloudIDEApp(ExtensionApp):
         data.update({k: v for k, v in extra.items() if v is not None})
         self.event_logger.emit(schema_id=events.REQUEST_REFUSED, data=data)
 
-    def record_ws_request(self, kind: str, status: str) -> None:
+    def record_ws_request(self, kind: str, status: str, user: str | None = None) -> None:
         registered = self.ws_kinds.get(kind) is not None
-        metrics.WS_REQUESTS.labels(kind if registered else "(unknown)", status).inc()
+        label = kind if registered else "(unknown)"
+        metrics.WS_REQUESTS.labels(label, status).inc()
+        if user:
+            self.count_request(user, f"ws:{label}")
 
     def _emit_lifecycle(self, action: str) -> None:
         states = {k: str(v.get("state")) for k, v in self.health_report()["components"].items()}

@@ -4,7 +4,10 @@
   current one, as ``jupyter lab`` started there would serve it), with a progress bar;
 - ``jupyter cloudide search "query" [--k=10] [--mode=hybrid] [--glob=...]`` prints ranked hits;
 - ``jupyter cloudide token create --models 'gpt-*' --expires 30d [--auto-approve] [--name=..]``
-  prints a new API key once; ``token list`` and ``token revoke <id>`` manage them.
+  prints a new API key once; ``token list`` and ``token revoke <id>`` manage them;
+- ``jupyter cloudide usage [--user U | --group G] [--days N | --since D --until D]
+  [--by day|model|user] [--csv] [--rows]`` prints usage and cost from the ledger, and
+  ``usage reprice --since D`` recomputes costs after a price change (docs/metering.md).
 
 It reads the same configuration as the server (``jupyter_server_config``: the ``CloudIDEApp``
 index settings and data folder) and writes the same per-user index the server uses, so an
@@ -297,6 +300,191 @@ class TokenCommand(JupyterApp):
         super().start()
 
 
+class _UsageBase(JupyterApp):
+    """Shared: the metadata store and the prices as the server's configuration has them."""
+
+    config_file_name = Unicode("jupyter_server_config")
+
+    def cide(self) -> Any:
+        from .app import CloudIDEApp
+
+        return CloudIDEApp(config=self.config)
+
+    def store(self) -> Any:
+        from .storage.db import MetadataStore
+
+        cide = self.cide()
+        url = cide.db_url
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:"):
+            Path(cide.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        return MetadataStore(url).open()
+
+    def _fail(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        self.exit(2)
+
+
+def _day(value: str, what: str) -> Any:
+    from datetime import datetime, timezone
+
+    try:
+        day = datetime.strptime(value, "%Y-%m-%d")
+    except ValueError:
+        raise SystemExit(f"error: --{what}: a date YYYY-MM-DD, not {value!r}") from None
+    return day.replace(tzinfo=timezone.utc)
+
+
+_USAGE_COLUMNS = ("cost", "input_tokens", "output_tokens", "calls", "kernel_busy_seconds",
+                  "kernel_seconds", "requests")
+
+
+def usage_table(rows: list[dict[str, Any]], by: str) -> list[dict[str, Any]]:
+    """Roll report series rows (``reports.series_rows``) up by day, model or user."""
+    from .metering.kernel_time import KIND_BUSY, KIND_LIFETIME
+    from .metering.ledger import KIND_REQUESTS
+    from .metering.pricing import TOKEN_KINDS
+
+    table: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        key = {"day": row["t"][:10], "model": row["model"] or "(none)",
+               "user": row["user"]}[by]
+        if by == "model" and not row["model"]:
+            continue
+        entry = table.setdefault(key, {by: key, **dict.fromkeys(_USAGE_COLUMNS, 0)})
+        entry["cost"] += row["cost"]
+        if row["kind"] in TOKEN_KINDS:
+            entry["input_tokens"] += row["input_tokens"]
+            entry["output_tokens"] += row["output_tokens"]
+            entry["calls"] += row["events"]
+        elif row["kind"] == KIND_BUSY:
+            entry["kernel_busy_seconds"] += row["quantity"]
+        elif row["kind"] == KIND_LIFETIME:
+            entry["kernel_seconds"] += row["quantity"]
+        elif row["kind"] == KIND_REQUESTS:
+            entry["requests"] += int(row["quantity"])
+    for entry in table.values():
+        entry["cost"] = round(entry["cost"], 6)
+    return [table[k] for k in sorted(table)]
+
+
+class UsageReportCommand(_UsageBase):
+    """Usage and cost from the ledger, by day, model or user (everyone unless --user or
+    --group); --csv for a spreadsheet, --rows for the ledger rows themselves."""
+
+    name = "jupyter-cloudide-usage"
+    description = __doc__
+    user = Unicode("", config=True, help="Only this user.")
+    group = Unicode("", config=True, help="Only this group (rows billed to it and its members).")
+    days = Int(30, config=True, help="The last N whole UTC days (with today).")
+    since = Unicode("", config=True, help="From this UTC day (YYYY-MM-DD), instead of --days.")
+    until = Unicode("", config=True, help="Through this UTC day (YYYY-MM-DD; default: today).")
+    by = Enum(["day", "model", "user"], "day", config=True, help="One line per day, model or user.")
+    as_csv = Bool(False, config=True, help="Print CSV (cells safe for spreadsheets).")
+    as_json = Bool(False, config=True, help="Print the whole report as JSON.")
+    rows = Bool(False, config=True, help="The ledger rows themselves (with --csv: an export).")
+    aliases = {"user": "UsageReportCommand.user", "group": "UsageReportCommand.group",
+               "days": "UsageReportCommand.days", "since": "UsageReportCommand.since",
+               "until": "UsageReportCommand.until", "by": "UsageReportCommand.by",
+               "log-level": "Application.log_level"}
+    flags = {"csv": ({"UsageReportCommand": {"as_csv": True}}, "Print CSV."),
+             "json": ({"UsageReportCommand": {"as_json": True}}, "Print JSON."),
+             "rows": ({"UsageReportCommand": {"rows": True}}, "The ledger rows.")}
+    subcommands = {
+        "reprice": ("jupyter_cloudide.cli.UsageRepriceCommand",
+                    "Recompute ledger costs with the current prices"),
+    }
+
+    def window(self) -> tuple[Any, Any]:
+        from datetime import timedelta
+
+        from .metering.reports import period
+
+        if self.user and self.group:
+            raise SystemExit("error: --user or --group, not both")
+        if not self.since:
+            if self.until:
+                raise SystemExit("error: --until needs --since")
+            if not 1 <= self.days <= 3660:
+                raise SystemExit("error: --days: 1 to 3660")
+            return period(self.days)
+        since = _day(self.since, "since")
+        until = _day(self.until, "until") + timedelta(days=1) if self.until else period(1)[1]
+        if until <= since:
+            raise SystemExit("error: --until is before --since")
+        return since, until
+
+    def start(self) -> None:
+        if self.subapp is not None:
+            self.subapp.start()
+            return
+        from .metering import reports
+
+        since, until = self.window()
+        user, group = self.user or None, self.group or None
+        store = self.store()
+        try:
+            if self.rows:
+                records = store.list_usage_events(user, since, until, group=group,
+                                                  limit=10_000_000)
+                if self.as_csv:
+                    sys.stdout.write(reports.ledger_csv(records))
+                else:
+                    for r in records:
+                        print(json.dumps({**{c: getattr(r, c) for c in
+                                             reports.LEDGER_CSV_COLUMNS},
+                                          "occurred_at": r.occurred_at.isoformat()}))
+                return
+            if self.as_json:
+                print(json.dumps(reports.usage_report(store.engine, user, since=since,
+                                                      until=until, group=group), indent=2))
+                return
+            table = usage_table(reports.series_rows(store.engine, user, since=since,
+                                                    until=until, group=group), self.by)
+        finally:
+            store.close()
+        if self.as_csv:
+            sys.stdout.write(reports.csv_text((self.by, *_USAGE_COLUMNS), table))
+            return
+        who = f"user {user}" if user else f"group {group}" if group else "everyone"
+        print(f"usage of {who}, {since.date()} to {until.date()} (exclusive), by {self.by}")
+        header = (self.by, *_USAGE_COLUMNS)
+        print("  ".join(f"{h:>14}" for h in header))
+        for entry in table:
+            print("  ".join(f"{entry[h]!s:>14}" if isinstance(entry[h], str)
+                            else f"{entry[h]:>14.6g}" for h in header))
+        if not table:
+            print("(no usage)")
+
+
+class UsageRepriceCommand(_UsageBase):
+    """Recompute the cost of every ledger row from the billing period of --since with the
+    current prices (models' price_per_1k, kernel_prices, tiers) and rebuild the roll-ups."""
+
+    name = "jupyter-cloudide-usage-reprice"
+    description = __doc__
+    since = Unicode("", config=True, help="Reprice from the billing period of this UTC day.")
+    aliases = {"since": "UsageRepriceCommand.since", "log-level": "Application.log_level"}
+
+    def start(self) -> None:
+        from .metering.pricing import PricingError, reprice
+
+        if not self.since:
+            self._fail("usage: jupyter cloudide usage reprice --since YYYY-MM-DD")
+            return
+        since = _day(self.since, "since")
+        try:
+            pricing = self.cide().build_pricing()
+        except PricingError as exc:
+            self._fail(f"pricing: {exc}")
+            return
+        store = self.store()
+        try:
+            result = reprice(store, pricing, since)
+        finally:
+            store.close()
+        print(json.dumps(result))
+
+
 class CloudIDECommand(JupyterApp):
     """jupyter_cloudide from the command line."""
 
@@ -307,6 +495,7 @@ class CloudIDECommand(JupyterApp):
         "index": (IndexCommand, IndexCommand.description.splitlines()[0]),
         "search": (SearchCommand, SearchCommand.description.splitlines()[0]),
         "token": (TokenCommand, TokenCommand.description.splitlines()[0]),
+        "usage": (UsageReportCommand, UsageReportCommand.description.splitlines()[0]),
         # imported only when used: the sidecar needs none of the above
         "serve-adapter": ("jupyter_cloudide.adapters.sidecar.ServeAdapterCommand",
                           "Serve a protocol adapter as a local OpenAI-compatible API"),
@@ -314,7 +503,7 @@ class CloudIDECommand(JupyterApp):
 
     def start(self) -> None:
         if self.subapp is None:
-            print("usage: jupyter cloudide index|search|token|serve-adapter --help")
+            print("usage: jupyter cloudide index|search|token|usage|serve-adapter --help")
             self.exit(2)
         super().start()
 

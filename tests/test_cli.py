@@ -55,3 +55,38 @@ def test_search_without_query_is_a_usage_error(tmp_path: Path) -> None:
     result = cli("search", cwd=tmp_path, data=tmp_path / "data")
     assert result.returncode != 0
     assert "usage" in (result.stderr + result.stdout)
+
+
+def test_usage_report_csv_and_reprice(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    from jupyter_cloudide.storage import MetadataStore, UsageEventIn
+
+    data = tmp_path / "data"
+    (data / "config").mkdir(parents=True)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    with MetadataStore(f"sqlite:///{data / 'cloudide.db'}") as store:
+        store.record_usage([
+            UsageEventIn(event_id="t", user="alice", kind="tokens", model="m",
+                         input_tokens=100, output_tokens=10, cost=0.25, occurred_at=now),
+            UsageEventIn(event_id="k", user="bob", kind="kernel_busy", quantity=7200.0,
+                         kernelspec="python3", group="@team", occurred_at=now)])
+    by_user = cli("usage", "--by", "user", "--csv", cwd=tmp_path, data=data)
+    assert by_user.returncode == 0, by_user.stderr
+    lines = by_user.stdout.splitlines()
+    assert lines[0].startswith("user,cost,input_tokens")
+    assert lines[1].startswith("alice,0.25,100,10,1,")
+    exported = cli("usage", "--user", "bob", "--rows", "--csv", cwd=tmp_path, data=data)
+    assert "'@team" in exported.stdout and ",alice," not in exported.stdout
+    # a price change: first hour at 1.0, then 0.5 per hour
+    (data / "config" / "jupyter_server_config.py").write_text(
+        'c.CloudIDEApp.kernel_prices = {"*": {"kernel_busy": [{"up_to_hours": 1, '
+        '"per_hour": 1.0}, {"per_hour": 0.5}]}}\n')
+    repriced = cli("usage", "reprice", "--since", now.strftime("%Y-%m-%d"), cwd=tmp_path,
+                   data=data)
+    assert repriced.returncode == 0, repriced.stderr
+    assert json.loads(repriced.stdout)["changed"] == 1
+    report = cli("usage", "--json", "--user", "bob", cwd=tmp_path, data=data)
+    assert json.loads(report.stdout)["totals"]["cost"] == 1.5
+    bad = cli("usage", "--since", "yesterday", cwd=tmp_path, data=data)
+    assert bad.returncode != 0 and "YYYY-MM-DD" in bad.stderr

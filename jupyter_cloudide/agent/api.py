@@ -32,7 +32,13 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CloudIDEError, ForbiddenError, InvalidInputError, NotFoundError
+from ..errors import (
+    BudgetExceededError,
+    CloudIDEError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+)
 from .providers.base import (
     ChatRequest,
     Event,
@@ -98,6 +104,9 @@ class ApiChatRequest:
     openai_extra: dict[str, Any] = field(default_factory=dict)
     #: the request's own id (the completion id and the ledger's event ids)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: the client reads the answer as a stream; False lets a provider that can answer in one
+    #: body (``complete_chat``) do so, which costs far less than a chunk per token
+    stream: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,8 @@ class ApiSettings:
     #: report each agent tool call as a line of the answer's text
     tool_activity: bool = True
     timeout_s: float = 120.0
+    #: the whole answer of a non-streamed upstream call (it sends nothing until done)
+    complete_timeout_s: float = 600.0
     strategy: str = "balanced"
     embedding_price_per_1k: float = 0.0
     #: texts per embeddings request, at most
@@ -202,6 +213,26 @@ class ApiService:
                                       needs=("tools",) if request.tools else ())
         return [c for c in choices if principal.may_use(c.model.id)]
 
+    def worst_case_cost(self, request: ApiChatRequest, choices: Sequence[Choice],
+                        input_tokens: int) -> float:
+        """What the request can cost at most (the budgets reserve it): the input estimate
+        and every output token it may produce, on the dearest model it may fall back to.
+        The agent model reserves per model call inside its turn: 0 here (it is still refused
+        when a budget is used up)."""
+        if self.is_agent(request.model):
+            return 0.0
+        worst = 0.0
+        for choice in choices:
+            spec = choice.model
+            limit = spec.max_output_tokens
+            out = min(request.max_tokens or limit, limit)
+            worst = max(worst, spec.cost(input_tokens, out))
+        return worst
+
+    def embedding_cost(self, tokens: int) -> float:
+        """The cost of embedding ``tokens`` (the budgets reserve it)."""
+        return tokens * self.settings.embedding_price_per_1k / 1000.0
+
     # -- chat ---------------------------------------------------------------------------
 
     def chat(self, principal: Principal, request: ApiChatRequest, choices: list[Choice],
@@ -241,7 +272,8 @@ class ApiService:
                             prompt, estimate_tokens(call.produced()), estimated=True),
                             failed="cancelled")
                     raise
-                self.registry.record_success(spec.id, call.first_ms())
+                # a whole answer's latency is not the first-token latency the router ranks by
+                self.registry.record_success(spec.id, None if call.whole else call.first_ms())
                 assert call.usage is not None  # closing_events always ends with usage
                 spent += self._bill(principal, request, call, call.usage)
                 return
@@ -255,15 +287,19 @@ class ApiService:
         from .providers.openai_provider import OpenAIProvider
 
         provider = self.registry.providers[spec.provider]
+        complete = None if request.stream else getattr(provider, "complete_chat", None)
+        call.whole = complete is not None
         limit = spec.max_output_tokens
         upstream = ChatRequest(
             model=spec.model, messages=request.messages, tools=request.tools,
             max_tokens=min(request.max_tokens or limit, limit),
-            temperature=request.temperature, timeout_s=self.settings.timeout_s,
+            temperature=request.temperature,
+            timeout_s=self.settings.complete_timeout_s if call.whole else self.settings.timeout_s,
             tool_choice=request.tool_choice, parallel_tool_calls=request.parallel_tool_calls,
             top_p=request.top_p, stop=request.stop,
             extra=dict(request.openai_extra) if isinstance(provider, OpenAIProvider) else {})
-        async for event in provider.stream_chat(upstream):
+        events = complete(upstream) if complete is not None else provider.stream_chat(upstream)
+        async for event in events:
             if not call.started:
                 call.started = time.monotonic()
                 yield Routed(spec.id)
@@ -289,7 +325,6 @@ class ApiService:
                 event_id=f"v1:{request.request_id}:{call.attempt}", user=principal.user,
                 kind="tokens", input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
-                cost=spec.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens),
                 model=spec.id, source="api", route="v1",
                 extra={"cached_tokens": usage.cached_tokens, "estimated": usage.estimated,
                        "failed": failed, "via": principal.via, "key_id": principal.key_id,
@@ -354,6 +389,8 @@ class ApiService:
                 self.agent.loop.cancel(principal.user, turn_request.turn_id)
             self._settle(principal, usage.input_tokens + usage.output_tokens - reserved)
         status = result["status"]
+        if status == "error" and result.get("code") == BudgetExceededError.code:
+            raise BudgetExceededError(str(result.get("error")))
         if status == "error":
             raise ApiUpstreamError(str(result.get("error") or "the agent failed"))
         if status == "limit":
@@ -401,8 +438,7 @@ class ApiService:
 
             self.meter([UsageEventIn(
                 event_id=f"v1:{uuid.uuid4().hex}:0", user=principal.user, kind="tokens",
-                input_tokens=tokens, output_tokens=0,
-                cost=tokens * self.settings.embedding_price_per_1k / 1000.0, model=model,
+                input_tokens=tokens, output_tokens=0, model=model,
                 source="api", route="v1",
                 extra={"embedder": getattr(embedder, "id", ""), "texts": len(texts),
                        "via": principal.via, "key_id": principal.key_id})])
@@ -421,6 +457,8 @@ class _Call:
     usage: Usage | None = None
     streamed_calls: bool = False
     billed: bool = False
+    #: one non-streamed upstream call (its events all come at the end)
+    whole: bool = False
 
     def produced(self) -> str:
         return "".join(self.text)

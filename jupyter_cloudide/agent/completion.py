@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CloudIDEError
+from ..errors import BudgetExceededError, CloudIDEError
 from ..storage.db import UsageEventIn
 from .models import Choice, ModelRegistry
 from .providers.base import ChatRequest, FimRequest, ProviderError, TextDelta, Usage
@@ -149,8 +149,10 @@ class CompletionService:
                  completion_model: str | None = None,
                  meter: Callable[[list[UsageEventIn]], Any] | None = None,
                  prefix_tokens: int = 1500, suffix_tokens: int = 500,
-                 timeout_s: float = 15.0) -> None:
+                 timeout_s: float = 15.0, budgets: Any | None = None) -> None:
         self.registry = registry
+        #: the BudgetManager: a completion reserves its worst case, or is quietly skipped
+        self.budgets = budgets
         self.templates = templates
         self.completion_model = completion_model or None
         self.meter = meter
@@ -186,6 +188,27 @@ class CompletionService:
         stream_fim = getattr(provider, "stream_fim", None)
         fim = "fim" in spec.capabilities and stream_fim is not None
         max_tokens = max(1, min(req.max_tokens, spec.max_output_tokens))
+        reservation = None
+        if self.budgets is not None:
+            try:
+                reservation = await self.budgets.reserve(
+                    req.user, req.groups,
+                    spec.cost((len(prefix) + len(suffix)) // _CHARS_PER_TOKEN + 64, max_tokens))
+            except BudgetExceededError:
+                # quietly: no suggestion (the chat and the status bar say why)
+                return {"completion_id": completion_id, "text": "", "model": spec.id,
+                        "cached": False, "fim": fim, "refused": "budget_exceeded"}
+        try:
+            return await self._complete(req, spec, provider, prefix, suffix, fim,
+                                        stream_fim, max_tokens, on_delta)
+        finally:
+            if self.budgets is not None:
+                self.budgets.settle(reservation)
+
+    async def _complete(self, req: CompletionRequest, spec: Any, provider: Any, prefix: str,
+                        suffix: str, fim: bool, stream_fim: Any, max_tokens: int,
+                        on_delta: Callable[[str], None] | None) -> dict[str, Any]:
+        completion_id = req.completion_id
         if stream_fim is not None and fim:
             events = stream_fim(FimRequest(
                 model=spec.model, prompt=prefix, suffix=suffix, max_tokens=max_tokens,
@@ -228,10 +251,10 @@ class CompletionService:
                completion_id: str, latency_ms: float) -> None:
         if self.meter is None or usage is None:
             return
-        cost = spec.cost(usage.input_tokens, usage.output_tokens, usage.cached_tokens)
+        # quantities only: the ledger prices token rows (tiers included)
         self.meter([UsageEventIn(
             event_id=f"completion:{completion_id}", user=req.user, kind="tokens",
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost=cost,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             model=spec.id, source="completion", route="completion",
             extra={"cached_tokens": usage.cached_tokens, "estimated": usage.estimated,
                    "latency_ms": round(latency_ms, 1)})])

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import CloudIDEError, ConflictError, NotFoundError
+from ..errors import BudgetExceededError, CloudIDEError, ConflictError, NotFoundError
 from ..storage.db import UsageEventIn
 from .approvals import ApprovalPolicy
 from .context import ContextBlock, gather
@@ -156,8 +156,10 @@ class AgentLoop:
                  policy: ApprovalPolicy | None = None, limits: TurnLimits | None = None,
                  tool_context: Callable[[TurnRequest], Any] | None = None,
                  meter: Callable[[list[UsageEventIn]], Any] | None = None,
-                 templates: Templates | None = None) -> None:
+                 templates: Templates | None = None, budgets: Any | None = None) -> None:
         self.registry = registry
+        #: the BudgetManager: each model call reserves its worst-case cost first
+        self.budgets = budgets
         self.templates = templates or Templates()
         self.tools = tools
         self.store = store
@@ -237,7 +239,7 @@ class AgentLoop:
 
     async def _run(self, turn: _Turn) -> dict[str, Any]:
         req = turn.request
-        status, error = "ok", None
+        status, error, code = "ok", None, None
         # The user's message is written while the history is read and the model called (the
         # store runs calls in order on its thread: it lands before the answer's).
         user_saved = asyncio.ensure_future(
@@ -287,7 +289,7 @@ class AgentLoop:
         except ProviderError as exc:
             status, error = "error", f"model error ({exc.kind}): {exc.message}"
         except CloudIDEError as exc:
-            status, error = "error", exc.message
+            status, error, code = "error", exc.message, exc.code
         except Exception:
             log.exception("turn %s failed", req.turn_id)
             status, error = "error", "the turn failed (see the server log)"
@@ -301,6 +303,8 @@ class AgentLoop:
                   "model": turn.model}
         if error:
             result["error"] = error
+            if code:
+                result["code"] = code
             turn.emit("event", {"kind": "turn.error", "turn_id": req.turn_id,
                                 "status": status, "message": error})
             try:
@@ -401,6 +405,10 @@ class AgentLoop:
                             "task": req.task, **report.to_json()})
         request = ChatRequest(model=spec.model, messages=fitted, tools=specs,
                               max_tokens=max_tokens, timeout_s=self.limits.model_timeout_s)
+        # the worst case (whole prompt, every output token) is held on the user's budgets
+        # until the call's real cost is in the ledger; refused: the turn ends saying why
+        reservation = await self._reserve(
+            turn, spec.cost(report.tokens + self._specs_tokens(specs, spec.id), max_tokens))
         turn.emit("event", {"kind": "model.call", "turn_id": req.turn_id, "model": spec.id,
                             "reason": choice.reason, "step": turn.steps})
         started = time.monotonic()
@@ -439,12 +447,21 @@ class AgentLoop:
                 self.counter.count("".join(text), spec.id), estimated=True),
                 attempt, started, failed="cancelled")
             raise
+        finally:
+            # no await from here to the success path's _meter: released and metered at once
+            if self.budgets is not None:
+                self.budgets.settle(reservation)
         self.registry.record_success(spec.id, ((first or time.monotonic()) - started) * 1000)
         if usage is not None and not usage.estimated:
             self.counter.calibrate(spec.id, report.tokens, usage.input_tokens)
         self._meter(turn, spec, usage or Usage(0, 0, estimated=True), attempt, started)
         turn.model, turn.reason = spec.id, choice.reason
         return "".join(text), calls, finish
+
+    async def _reserve(self, turn: _Turn, amount: float) -> Any:
+        if self.budgets is None:
+            return None
+        return await self.budgets.reserve(turn.request.user, turn.request.groups, amount)
 
     def _meter(self, turn: _Turn, spec: Any, usage: Usage, attempt: int, started: float,
                failed: str | None = None, label: str = "step") -> None:
@@ -464,7 +481,7 @@ class AgentLoop:
         row = UsageEventIn(
             event_id=f"turn:{req.turn_id}:{turn.steps}:{attempt}"
             + ("" if label == "step" else f":{label}"), user=req.user, kind="tokens",
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens, cost=cost,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             model=spec.id, source="agent", route=req.route,
             extra={"conversation_id": req.conversation_id, "cached_tokens": usage.cached_tokens,
                    "estimated": usage.estimated, "failed": failed,
@@ -657,6 +674,11 @@ class AgentLoop:
             messages=[{"role": "system", "content": self.templates.render("summarize")},
                       {"role": "user", "content": text}])
         provider = self.registry.providers[spec.provider]
+        try:
+            reservation = await self._reserve(turn, spec.cost(
+                self.counter.count(text, spec.id) + 64, self.limits.summary_max_tokens))
+        except BudgetExceededError:
+            return None  # the step's own check says why
         started = time.monotonic()
         parts: list[str] = []
         usage: Usage | None = None
@@ -672,6 +694,9 @@ class AgentLoop:
             self._meter(turn, spec, usage or Usage(0, 0, estimated=True), 0, started,
                         failed=exc.kind, label="summary")
             return None
+        finally:  # no await before the success path's _meter (race-free release)
+            if self.budgets is not None:
+                self.budgets.settle(reservation)
         self._meter(turn, spec, usage or Usage(self.counter.count(text, spec.id),
                                                self.counter.count("".join(parts), spec.id),
                                                estimated=True), 0, started, label="summary")

@@ -262,10 +262,13 @@ class ModelRegistry:
 
     # -- outcomes feed the router ---------------------------------------------------------
 
-    def record_success(self, model_id: str, first_token_ms: float) -> None:
+    def record_success(self, model_id: str, first_token_ms: float | None) -> None:
+        """A call succeeded; ``first_token_ms`` None: a call that measured no first token (a
+        non-streamed answer) leaves the latency figure as it was."""
         h = self.health_of(model_id)
-        h.latency_ms = first_token_ms if h.latency_ms is None else \
-            (1 - EWMA) * h.latency_ms + EWMA * first_token_ms
+        if first_token_ms is not None:
+            h.latency_ms = first_token_ms if h.latency_ms is None else \
+                (1 - EWMA) * h.latency_ms + EWMA * first_token_ms
         h.error_rate = (1 - EWMA) * h.error_rate
         h.consecutive_failures = 0
         h.cooldown_until = 0.0

@@ -48,7 +48,7 @@ class AgentService:
     def __init__(self, config: AgentConfig, store: Any, *,
                  tool_context: Callable[[TurnRequest], Any],
                  meter: Callable[[list[Any]], Any] | None = None,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None, budgets: Any | None = None) -> None:
         from .tools.base import default_tools
 
         self.config = config
@@ -68,10 +68,10 @@ class AgentService:
                               policy=ApprovalPolicy(per_tool=dict(config.tool_modes),
                                                     cap=config.approval_cap),
                               limits=config.limits, tool_context=tool_context, meter=meter,
-                              templates=self.templates)
+                              templates=self.templates, budgets=budgets)
         self.completions = CompletionService(self.registry, self.templates,
                                              completion_model=config.completion_model,
-                                             meter=meter)
+                                             meter=meter, budgets=budgets)
         self._discovered: asyncio.Task[list[str]] | None = None
 
     @property

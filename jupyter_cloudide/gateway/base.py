@@ -175,6 +175,9 @@ class CloudIDEHandler(ExtensionHandlerMixin, APIHandler):
         status = str(self.get_status())
         method = self.request.method or "?"
         metrics.HTTP_REQUESTS.labels(self.route_name, method, status).inc()
+        if self.current_user is not None:  # requests by route, for the usage ledger
+            with contextlib.suppress(Exception):  # e.g. a /v1 request refused before auth
+                self.cloudide.count_request(self.username, self.route_name)
         started = getattr(self, "_t0", None)
         if started is not None:
             metrics.HTTP_LATENCY.labels(self.route_name, method).observe(

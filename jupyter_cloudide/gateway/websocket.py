@@ -145,7 +145,7 @@ class SessionChannelHandler(
             authorize=self._authorize,
             limiter=app.rate_limiter_for_channel(),
             max_inflight=app.ws_max_inflight_requests,
-            on_request=app.record_ws_request,
+            on_request=lambda kind, status: app.record_ws_request(kind, status, user),
         )
         # A re-attached session stays quiet until the client says where it left off.
         session.attach(self, paused=resumed)

@@ -39,3 +39,9 @@ def register_schemas(event_logger: Any) -> None:
 
 #: A kernel_busy or kernel_lifetime ledger row was produced (metering/kernel_watch.py).
 KERNEL_USAGE = f"{SCHEMA_BASE}/executor/kernel_usage/v1"
+
+#: A billable ledger row (tokens, kernel seconds) was priced and added (metering/ledger.py).
+USAGE = f"{SCHEMA_BASE}/metering/usage/v1"
+
+#: Spend crossed a budget's warn percent (metering/budgets.py), once per budget and period.
+BUDGET_WARNING = f"{SCHEMA_BASE}/metering/budget_warning/v1"

@@ -62,3 +62,35 @@ KERNELS_WATCHED = Gauge(
     "cloudide_kernels_watched",
     "Kernels of the server whose iopub the kernel-time watcher is listening to.",
 )
+TOKENS = Counter(
+    "cloudide_tokens",
+    "Model tokens metered into the usage ledger, by model and direction (input, output). "
+    "Models past the first 200 distinct ids are counted as (other).",
+    ["model", "direction"],
+)
+USAGE_COST = Counter(
+    "cloudide_usage_cost",
+    "Cost of the usage metered into the ledger, in the configured currency, by row kind.",
+    ["kind"],
+)
+ROUTE_REQUESTS = Counter(
+    "cloudide_route_requests",
+    "Requests metered into the usage ledger by route (REST route name or ws:<request kind>).",
+    ["route"],
+)
+LEDGER_ROWS_WRITTEN = Counter(
+    "cloudide_ledger_rows_written",
+    "Usage rows committed to the ledger (duplicates by event id are not counted).",
+)
+LEDGER_WRITE_ERRORS = Counter(
+    "cloudide_ledger_write_errors",
+    "Failed ledger write attempts (the rows are kept and retried with backoff).",
+)
+LEDGER_ROWS_DROPPED = Counter(
+    "cloudide_ledger_rows_dropped",
+    "Usage rows dropped because the ledger stayed unwritable past the in-memory bound.",
+)
+LEDGER_UNWRITTEN = Gauge(
+    "cloudide_ledger_unwritten_rows",
+    "Usage rows added to the ledger but not committed yet.",
+)

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -202,6 +203,19 @@ class IndexService:
             ui = self._users[user] = UserIndex(user, SemanticIndex(directory, self.embedder))
             ui.task = asyncio.create_task(self._worker(ui), name=f"cloudide-index-{user[:40]}")
         return ui
+
+    def folder_sizes(self) -> dict[str, int]:
+        """Bytes on disk of each user's index folder (blocking: a walk of the folder), for
+        the usage ledger's index-size rows; users without an index this run are left out."""
+        sizes: dict[str, int] = {}
+        for user in list(self._users):
+            total = 0
+            for folder, _dirs, files in os.walk(self.settings.data_dir / user_folder(user)):
+                for name in files:
+                    with contextlib.suppress(OSError):
+                        total += os.stat(os.path.join(folder, name)).st_size
+            sizes[user] = total
+        return sizes
 
     def request(self, user: str, *, scan: bool = False, rebuild: bool = False,
                 paths: list[str] | None = None) -> UserIndex:

@@ -6,7 +6,7 @@ must stay in step with them (a test compares the two).
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -29,12 +31,15 @@ from sqlalchemy.types import TypeDecorator
 
 __all__ = [
     "APPROVAL_STATUSES",
+    "ROLLUP_KEY",
     "ApiKey",
     "Approval",
     "Base",
     "Conversation",
+    "GroupMember",
     "Message",
     "UTCDateTime",
+    "UsageDaily",
     "UsageLedger",
     "utcnow",
 ]
@@ -170,6 +175,55 @@ class UsageLedger(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     extra: Mapped[Any] = mapped_column(JSON)
+
+
+#: The columns a daily roll-up row is keyed by (its unique constraint, the upsert target).
+ROLLUP_KEY = ("day", "user", "group", "kind", "model", "kernelspec", "source", "route",
+              "currency")
+
+
+class UsageDaily(Base):
+    """Per-day sums of the ledger, maintained in the transaction that inserts ledger rows.
+
+    Reports over whole days read these instead of the ledger (a month of a heavy user is a
+    few hundred rows, not every model call). The key columns are NOT NULL with ``''`` for
+    "none": a unique constraint treats NULLs as distinct, so an upsert keyed on a NULL model
+    would never find its row. ``day`` is the UTC date of ``occurred_at``.
+    """
+
+    __tablename__ = "usage_daily"
+    __table_args__ = (
+        UniqueConstraint(*ROLLUP_KEY, name="uq_usage_daily_key"),
+        Index("ix_usage_daily_user_day", "user", "day"),
+        Index("ix_usage_daily_group_day", "group", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    day: Mapped[date] = mapped_column(Date)
+    user: Mapped[str] = mapped_column(String(255))
+    group: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(255))
+    kernelspec: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(32))
+    route: Mapped[str] = mapped_column(String(255))
+    currency: Mapped[str] = mapped_column(String(8))
+    events: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    quantity: Mapped[float] = mapped_column(Float)
+    cost: Mapped[float] = mapped_column(Float)
+
+
+class GroupMember(Base):
+    """A user this server has seen in a group (JupyterHub groups): team budgets sum the spend
+    of the group's members, including those not seen since a restart."""
+
+    __tablename__ = "group_members"
+
+    group: Mapped[str] = mapped_column(String(255), primary_key=True)
+    user: Mapped[str] = mapped_column(String(255), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class ApiKey(Base):

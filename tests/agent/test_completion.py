@@ -119,7 +119,7 @@ async def test_fim_model_gets_prompt_and_suffix_and_is_metered(
     models = json.loads((await jp_fetch("cloudide", "api", "models",
                                         headers=auth("alice"))).body)
     assert models["completion_model"] == "coder"
-    await cloudide._flush_usage()
+    await cloudide.ledger.flush()
     store = await cloudide.metadata_store()
     rows = [r for r in store.list_usage_events("alice") if r.route == "completion"]
     assert len(rows) == 1 and rows[0].model == "coder" and rows[0].cost > 0

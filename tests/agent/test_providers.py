@@ -102,6 +102,16 @@ async def test_anthropic_translation(upstream: FakeUpstream) -> None:
     assert result == {"type": "tool_result", "tool_use_id": "call_1", "content": "print(1)"}
     assert follow_up == {"type": "text", "text": "and now?"}
     assert body["tools"][0]["input_schema"]["required"] == ["path"]
+    assert "temperature" not in body and "top_p" not in body
+
+
+async def test_anthropic_sampling_parameters_reach_the_body(upstream: FakeUpstream) -> None:
+    """The SDK takes no sampling arguments any more: they must still reach the wire."""
+    upstream.script(Turn(text="ok"))
+    events = await collect(providers(upstream)[1], temperature=0.2, top_p=0.9)
+    assert events[-1] == Finish("stop")
+    body = upstream.requests[-1]["body"]
+    assert (body["temperature"], body["top_p"]) == (0.2, 0.9)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["openai", "anthropic"])

@@ -354,7 +354,8 @@ async def test_kernel_time_of_api_executions_reaches_the_ledger(
     assert 'cloudide_kernel_busy_seconds_total{source="user"}' in metrics
     watcher = cloudide.kernel_watcher
     await watcher.checkpoint()  # what a periodic checkpoint or shutdown writes
-    await watcher.flush()
+    await watcher.flush()  # hands the rows to the ledger, which writes them in batches
+    await cloudide.ledger.flush()
     totals = await store.call(store.usage_totals, cloudide.usage_owner)
     lifetime = totals["by_kind"]["kernel_lifetime"]["quantity"]
     assert lifetime >= busy  # busy time never exceeds the kernel's wall time

@@ -46,11 +46,14 @@ SAMPLES: dict[str, tuple[str, str, dict[str, Any] | None]] = {
                               "messages": [{"role": "user", "content": "x"}]}),
     "createEmbeddings": ("POST", "cloudide/v1/embeddings",
                          {"model": "no-such-model", "input": "x"}),
+    "createMessage": ("POST", "cloudide/v1/messages",
+                      {"model": "no-such-model", "max_tokens": 8,
+                       "messages": [{"role": "user", "content": "x"}]}),
 }
 #: operations whose sample names something that does not exist: authorized means 404
 MISSING_TARGET = {"getConversation", "execute", "getJob", "cancelJob", "renameConversation",
                   "deleteConversation", "revokeToken", "getV1Model", "createChatCompletion",
-                  "createEmbeddings"}
+                  "createEmbeddings", "createMessage"}
 RESOURCES = sorted({op["auth_resource"] for op in spec.operations().values()})
 
 
@@ -127,7 +130,7 @@ async def _call(jp_fetch: Any, jp_http_port: int, jp_base_url: str, operation: s
     if response.code >= 400:
         assert response.headers["Content-Type"].startswith("application/json"), operation
         body = json.loads(response.body)
-        if path.startswith("cloudide/v1/"):  # OpenAI's error shape on the /v1 prefix
+        if path.startswith("cloudide/v1/"):  # OpenAI's (or Anthropic's) error shape there
             body = body["error"]
         assert "message" in body, operation
     return int(response.code)

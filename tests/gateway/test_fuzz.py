@@ -63,7 +63,10 @@ def _fuzz(base_url: str, mode_name: str) -> dict[str, int]:
             content_type = response.headers.get("Content-Type", "")
             if response.status_code >= 400 and content_type.startswith("application/json"):
                 body = response.json()
-                if case.path.startswith("/cloudide/v1/"):  # OpenAI's error shape there
+                if case.path == "/cloudide/v1/messages":  # Anthropic's error shape there
+                    assert body["type"] == "error", body
+                    assert set(body["error"]) == {"type", "message"}, body
+                elif case.path.startswith("/cloudide/v1/"):  # OpenAI's error shape there
                     assert set(body["error"]) == {"message", "type", "param", "code"}, body
                 else:
                     assert "message" in body and "status" in body, body

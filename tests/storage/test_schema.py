@@ -21,7 +21,7 @@ from jupyter_cloudide.storage import (
 from jupyter_cloudide.storage.db import MIGRATIONS_DIR
 from jupyter_cloudide.storage.models import Base
 
-TABLES = {"conversations", "messages", "approvals", "usage_ledger", "api_keys"}
+TABLES = {"conversations", "messages", "approvals", "usage_ledger", "usage_daily", "api_keys"}
 
 
 @contextmanager
@@ -37,7 +37,10 @@ def test_migrations_ship_inside_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "versions" / "0001_initial.py").is_file()
     assert MIGRATIONS_DIR.parent.name == "storage"
-    assert head_revision() == "0001"
+    # the head is the newest migration file (each one revises the one before it)
+    newest = sorted(p.name for p in (MIGRATIONS_DIR / "versions").glob("[0-9]*.py"))[-1]
+    assert head_revision() == newest.split("_", 1)[0]
+    assert (MIGRATIONS_DIR / "versions" / "0002_usage_daily.py").is_file()
 
 
 def test_fresh_database_is_upgraded_to_head(db_url: str) -> None:

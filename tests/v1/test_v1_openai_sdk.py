@@ -144,6 +144,37 @@ async def test_non_streaming_tool_call_and_named_tool_choice(cloudide: Any, v1_u
     assert sent["stop"] == ["\n\n"] and sent["seed"] == 7 and "unknown_field" not in sent
 
 
+async def test_non_streaming_request_makes_a_non_streamed_upstream_call(
+        cloudide: Any, v1_url: str, server_token: str, upstream: FakeUpstream) -> None:
+    """One body upstream instead of a chunk per token (far less CPU on every side), metered
+    from the upstream's counts; a malformed body still falls back to the next model, and a
+    whole answer's latency is not taken for a first-token latency."""
+    registry = (await cloudide.agent_service()).registry
+    before = registry.health_of("gpt-4o").latency_ms
+    upstream.script(Turn(text="whole answer", usage=(21, 4)), model="gpt-4o-mini")
+    upstream.script(Turn(text="x", malformed_after=0), model="gpt-4o-mini")
+    upstream.script(Turn(text="from the fallback", usage=(9, 3)), model="gpt-4o")
+    async with client(v1_url, server_token) as api:
+        answer = await api.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        sent = upstream.requests[-1]["body"]
+        fallback = await api.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert not sent.get("stream") and "stream_options" not in sent
+    assert answer.choices[0].message.content == "whole answer"
+    assert answer.choices[0].finish_reason == "stop"
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (21, 4)
+    assert fallback.model == "gpt-4o"
+    assert fallback.choices[0].message.content == "from the fallback"
+    assert registry.health_of("gpt-4o-mini").last_error == "malformed"
+    assert registry.health_of("gpt-4o").latency_ms == before
+    rows = await ledger_rows(cloudide, cloudide._owner_name, count=3)
+    ok = [r for r in rows if not r.extra["failed"]]
+    assert [(r.model, r.input_tokens, r.output_tokens) for r in ok][-2:] == [
+        ("gpt-4o-mini", 21, 4), ("gpt-4o", 9, 3)]
+    assert not any(r.extra["estimated"] for r in ok)
+
+
 async def test_models_list_and_retrieve(cloudide: Any, v1_url: str, server_token: str) -> None:
     async with client(v1_url, server_token) as api:
         listed = await api.models.list()

@@ -30,7 +30,7 @@ async def ledger_rows(cloudide: Any, user: str, *, count: int = 1,
     store = await cloudide.metadata_store()
     rows: list[Any] = []
     for _ in range(int(timeout / 0.1)):
-        await cloudide._flush_usage()
+        await cloudide.ledger.flush()
         rows = [r for r in await store.call(store.list_usage_events, user=user)
                 if r.route == "v1"]
         if len(rows) >= count:

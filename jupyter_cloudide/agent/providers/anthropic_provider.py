@@ -54,17 +54,20 @@ class AnthropicProvider(SdkProvider):
         if request.tools:
             kwargs["tools"] = [{"name": t.name, "description": t.description,
                                 "input_schema": t.parameters} for t in request.tools]
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
         if request.tools:
             choice = tool_choice(request.tool_choice, request.parallel_tool_calls)
             if choice is not None:
                 kwargs["tool_choice"] = choice
-        if request.top_p is not None:
-            kwargs["top_p"] = request.top_p
         if request.stop:
             kwargs["stop_sequences"] = list(request.stop)
         kwargs.update(request.extra)
+        # The SDK (2.x) no longer takes sampling parameters as arguments (a TypeError, which
+        # failed every call that set one); the Messages API still reads them from the body
+        # for the models that support them.
+        sampling = {k: v for k, v in (("temperature", request.temperature),
+                                      ("top_p", request.top_p)) if v is not None}
+        if sampling:
+            kwargs["extra_body"] = {**sampling, **dict(kwargs.get("extra_body") or {})}
         # the per-call timeout bounds each read of the stream, so a stall between chunks (or
         # a slow first token) fails the call without a timer of ours per chunk
         kwargs["timeout"] = request.timeout_s

@@ -5,11 +5,15 @@ The SDK's own retries are off (``max_retries=0``): the router decides whether to
 fall back to another model, and it must see every failure to keep its health figures honest.
 Usage is always requested (``stream_options.include_usage``) so streamed turns are metered from
 the upstream's own counts; when a server sends none, we estimate and say so.
+Chat answers are sent and their failures raised by the SDK (``with_raw_response``), but their
+JSON is read here: the SDK's pydantic object per stream chunk was as dear as the rest of our
+server's work on a request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,10 +53,12 @@ class OpenAIProvider(SdkProvider):
     def _map(self, exc: BaseException) -> ProviderError:
         return map_error(exc)
 
-    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+    @staticmethod
+    def _chat_kwargs(request: ChatRequest) -> dict[str, Any]:
+        """The Chat Completions parameters of ``request`` (streamed or not)."""
         kwargs: dict[str, Any] = {
-            "model": request.model, "messages": list(request.messages), "stream": True,
-            "stream_options": {"include_usage": True}, "max_tokens": request.max_tokens,
+            "model": request.model, "messages": list(request.messages),
+            "max_tokens": request.max_tokens,
         }
         if request.tools:
             kwargs["tools"] = [t.openai() for t in request.tools]
@@ -67,47 +73,92 @@ class OpenAIProvider(SdkProvider):
         if request.stop:
             kwargs["stop"] = list(request.stop)
         kwargs.update(request.extra)
-        # the per-call timeout bounds each read of the stream, so a stall between chunks (or
-        # a slow first token) fails the call without a timer of ours per chunk
+        # the per-call timeout bounds each read: of a stream, a stall between chunks (or a
+        # slow first token) fails the call without a timer of ours per chunk
         kwargs["timeout"] = request.timeout_s
-        stream = await self._open(self._sdk().chat.completions.create(**kwargs),
-                                  request.timeout_s)
+        return kwargs
+
+    async def stream_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        kwargs = self._chat_kwargs(request)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        stream = await self._open(_raw_stream(self._sdk(), kwargs), request.timeout_s)
         calls: dict[int, dict[str, Any]] = {}
         produced: list[str] = []
         usage: Usage | None = None
         finish: str | None = None
         async with contextlib.aclosing(self._read(stream)) as chunks:
             async for chunk in chunks:
-                if getattr(chunk, "usage", None) is not None:
-                    usage = _usage(chunk.usage)
-                for choice in chunk.choices or ():
-                    delta = choice.delta
-                    if delta is not None and delta.content:
-                        produced.append(delta.content)
-                        yield TextDelta(delta.content)
-                    for part in (delta.tool_calls or ()) if delta is not None else ():
-                        call = calls.setdefault(int(part.index), {"id": "", "name": "",
-                                                                  "args": []})
-                        function = part.function
-                        if part.id:
-                            call["id"] = part.id
-                        if function is not None and function.name and not call["name"]:
-                            call["name"] = function.name
-                            yield ToolCallStarted(call["id"], call["name"])
-                            if call["args"]:  # arguments that came before the name
-                                yield ToolCallDelta(call["id"], "".join(call["args"]))
-                        if function is not None and function.arguments:
-                            call["args"].append(function.arguments)
-                            if call["name"]:
-                                yield ToolCallDelta(call["id"], function.arguments)
-                    if choice.finish_reason:
-                        finish = str(choice.finish_reason)
+                try:
+                    if chunk.get("usage") is not None:
+                        usage = _usage(chunk["usage"])
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if content:
+                            produced.append(content)
+                            yield TextDelta(content)
+                        for part in delta.get("tool_calls") or ():
+                            call = calls.setdefault(int(part.get("index") or 0),
+                                                    {"id": "", "name": "", "args": []})
+                            function = part.get("function") or {}
+                            if part.get("id"):
+                                call["id"] = str(part["id"])
+                            name = function.get("name")
+                            if name and not call["name"]:
+                                call["name"] = str(name)
+                                yield ToolCallStarted(call["id"], call["name"])
+                                if call["args"]:  # arguments that came before the name
+                                    yield ToolCallDelta(call["id"], "".join(call["args"]))
+                            arguments = function.get("arguments")
+                            if arguments:
+                                call["args"].append(arguments)
+                                if call["name"]:
+                                    yield ToolCallDelta(call["id"], arguments)
+                        if choice.get("finish_reason"):
+                            finish = str(choice["finish_reason"])
+                except (AttributeError, TypeError, ValueError) as exc:  # not the chunk shape
+                    raise ProviderError("malformed", "the model sent a malformed stream") \
+                        from exc
         done = [ToolCall(calls[i]["id"] or f"call_{i}", calls[i]["name"],
                          "".join(calls[i]["args"])) for i in sorted(calls)]
         for event in closing_events("tool_calls" if finish == "function_call" else finish,
                                     done, produced, usage, list(request.messages)):
             yield event
 
+    async def complete_chat(self, request: ChatRequest) -> AsyncIterator[Event]:
+        """One non-streamed completion, as the same events :meth:`stream_chat` ends with (the
+        text in one delta, the tool calls whole, usage, finish). For a client that asked for
+        no stream: one JSON body instead of a chunk per token costs the SDK, our server and
+        the upstream about half the CPU (bench/v1.py). ``timeout_s`` bounds the whole answer
+        here: nothing arrives before it is complete."""
+        kwargs = self._chat_kwargs(request)
+        body = await self._open(_raw_body(self._sdk(), kwargs), request.timeout_s)
+        produced: list[str] = []
+        calls: list[ToolCall] = []
+        finish: str | None = None
+        try:
+            for choice in body.get("choices") or ():
+                message = choice.get("message") or {}
+                if message.get("content"):
+                    produced.append(str(message["content"]))
+                for part in message.get("tool_calls") or ():
+                    function = part.get("function")  # custom tools have none
+                    if function is not None:
+                        calls.append(ToolCall(str(part.get("id") or f"call_{len(calls)}"),
+                                              str(function.get("name") or ""),
+                                              str(function.get("arguments") or "")))
+                if choice.get("finish_reason"):
+                    finish = str(choice["finish_reason"])
+            usage = _usage(body["usage"]) if body.get("usage") is not None else None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ProviderError("malformed", "the model sent a malformed answer") from exc
+        if produced:
+            yield TextDelta("".join(produced))
+        # a complete answer without a finish reason (some local servers) ended normally
+        finish = "tool_calls" if finish == "function_call" else finish or "stop"
+        for event in closing_events(finish, calls, produced, usage, list(request.messages)):
+            yield event
 
     async def stream_fim(self, request: FimRequest) -> AsyncIterator[Event]:
         """Fill in the middle through the Completions API (``prompt`` + ``suffix``), which
@@ -141,9 +192,72 @@ class OpenAIProvider(SdkProvider):
 
 
 def _usage(raw: Any) -> Usage:
+    """Usage from the SDK's object (completions) or the JSON of a chat answer."""
+    if isinstance(raw, dict):
+        details = raw.get("prompt_tokens_details") or {}
+        return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
+                     int(details.get("cached_tokens") or 0))
     details = getattr(raw, "prompt_tokens_details", None)
     cached = int(getattr(details, "cached_tokens", 0) or 0) if details is not None else 0
     return Usage(int(raw.prompt_tokens or 0), int(raw.completion_tokens or 0), cached)
+
+
+async def _raw_body(client: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A Chat Completions answer as its JSON: the SDK sends the request and raises its own
+    errors for a failed status; building its pydantic objects (which we would only read
+    back into ours) is skipped."""
+    raw = await client.chat.completions.with_raw_response.create(**kwargs)
+    body = json.loads(raw.http_response.content)
+    if not isinstance(body, dict):
+        raise ProviderError("malformed", "the model sent a malformed answer")
+    return body
+
+
+async def _raw_stream(client: Any, kwargs: dict[str, Any]) -> _SseChunks:
+    """A Chat Completions stream, its body not yet read (see :class:`_SseChunks`)."""
+    raw = await client.chat.completions.with_raw_response.create(**kwargs)
+    return _SseChunks(raw.http_response)
+
+
+class _SseChunks:
+    """The JSON data events of a Chat Completions stream, decoded here instead of by the SDK,
+    whose pydantic object per chunk cost ~0.1 ms each (~2 ms of CPU for a 20-chunk answer,
+    bench/v1.py), the same as the rest of our server's work on it. Like the SDK's stream
+    (legacy mode): events end at ``[DONE]``, and a data event with an ``error`` is the
+    upstream failing mid-stream. Always read to its end (a keep-alive connection is reused
+    only then) and closed by :meth:`close`."""
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+
+    async def close(self) -> None:
+        await self._response.aclose()
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        data: list[str] = []
+        done = False
+        async for line in self._response.aiter_lines():
+            if done:
+                continue  # drained for the connection's reuse
+            if line:
+                field, _, value = line.partition(":")
+                if field == "data":
+                    data.append(value[1:] if value.startswith(" ") else value)
+                continue  # comments (": keep-alive"), event, id, retry
+            if not data:
+                continue
+            text = "\n".join(data)
+            data = []
+            if text.startswith("[DONE]"):
+                done = True
+                continue
+            chunk = json.loads(text)
+            if isinstance(chunk, dict) and chunk.get("error"):
+                error = chunk["error"]
+                message = error.get("message") if isinstance(error, dict) else None
+                raise ProviderError("server", str(message or "An error occurred during "
+                                                  "streaming")[:500])
+            yield chunk
 
 
 def map_error(exc: BaseException) -> ProviderError:

@@ -84,7 +84,8 @@ def parse_chat_request(body: dict[str, Any]) -> tuple[ApiChatRequest, bool, bool
         max_tokens=None if max_tokens is None else int(max_tokens),
         temperature=body.get("temperature"), top_p=body.get("top_p"),
         stop=tuple(s for s in stops if s),
-        openai_extra={k: body[k] for k in OPENAI_ONLY_FIELDS if body.get(k) is not None})
+        openai_extra={k: body[k] for k in OPENAI_ONLY_FIELDS if body.get(k) is not None},
+        stream=stream)
     return request, stream, stream and bool(options.get("include_usage"))
 
 

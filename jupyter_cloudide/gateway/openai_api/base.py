@@ -124,6 +124,12 @@ class V1Handler(CloudIDEHandler):
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")  # and no proxy buffering either
+        # Nagle's algorithm would hold each small event until the client ACKs the previous
+        # one (the role chunk, then the first token waited on it). tornado turns TCP_NODELAY
+        # on only for the last write of a response and off again after it.
+        stream = getattr(self.request.connection, "stream", None)
+        if stream is not None:
+            stream.set_nodelay(True)
 
     async def _send(self, frame: str) -> None:
         assert self._write_lock is not None

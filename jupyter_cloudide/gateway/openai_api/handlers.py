@@ -15,6 +15,7 @@ from tornado import web
 from ...agent.wire import openai as wire
 from ...errors import NotFoundError
 from .base import V1Handler
+from .messages import MessagesHandler
 
 
 class ChatCompletionsHandler(V1Handler):
@@ -28,24 +29,29 @@ class ChatCompletionsHandler(V1Handler):
         app = self.cloudide
         api = await app.api_service()
         choices = await api.check(self.principal, request)
-        await app.check_budget(self.principal.user, "v1", request.model)
         reserved = self._received // 4  # ~4 bytes a token; settled with the real count after
-        await self.rate_limit("v1", reserved)
-        completion_id, created = wire.new_completion_id(), int(time.time())
-        events = api.chat(self.principal, request, choices, reserved=reserved)
-        if stream:
-            encoder = wire.ChunkEncoder(completion_id, created, include_usage)
-            await self.run_cancellable(self.stream_events(events, encoder.encode,
-                                                          app.v1_keepalive_seconds))
-            return
+        # the worst case is held on the caller's budgets until the real cost is in the ledger
+        budget = await app.reserve_budget(self.principal.user, self.principal.groups,
+                                          api.worst_case_cost(request, choices, reserved))
+        try:
+            await self.rate_limit("v1", reserved)
+            completion_id, created = wire.new_completion_id(), int(time.time())
+            events = api.chat(self.principal, request, choices, reserved=reserved)
+            if stream:
+                encoder = wire.ChunkEncoder(completion_id, created, include_usage)
+                await self.run_cancellable(self.stream_events(events, encoder.encode,
+                                                              app.v1_keepalive_seconds))
+                return
 
-        async def complete() -> None:
-            builder = wire.CompletionBuilder(completion_id, created)
-            async for event in events:
-                builder.add(event)
-            self.write_openai(builder.body())
+            async def complete() -> None:
+                builder = wire.CompletionBuilder(completion_id, created)
+                async for event in events:
+                    builder.add(event)
+                self.write_openai(builder.body())
 
-        await self.run_cancellable(complete())
+            await self.run_cancellable(complete())
+        finally:
+            app.settle_budget(budget)
 
 
 class ModelsHandler(V1Handler):
@@ -79,9 +85,14 @@ class EmbeddingsHandler(V1Handler):
         app = self.cloudide
         api = await app.api_service()
         api.check_embedding(self.principal, model)
-        await app.check_budget(self.principal.user, "v1", model)
-        await self.rate_limit("v1", sum(len(t) for t in texts) // 4)
-        vectors, tokens = await api.embed(self.principal, model, texts, dimensions)
+        estimate = sum(len(t) for t in texts) // 4
+        budget = await app.reserve_budget(self.principal.user, self.principal.groups,
+                                          api.embedding_cost(estimate))
+        try:
+            await self.rate_limit("v1", estimate)
+            vectors, tokens = await api.embed(self.principal, model, texts, dimensions)
+        finally:
+            app.settle_budget(budget)
         self.write_openai(wire.embeddings_body(model, vectors, tokens, encoding))
 
 
@@ -124,5 +135,6 @@ default_handlers = [
     (r"/cloudide/v1/models", ModelsHandler),
     (r"/cloudide/v1/models/(?P<model>[^\x00]{1,256})", ModelHandler),
     (r"/cloudide/v1/embeddings", EmbeddingsHandler),
+    (r"/cloudide/v1/messages", MessagesHandler),  # Anthropic's format (messages.py)
     (r"/cloudide/v1/.*", NotFoundHandler),
 ]

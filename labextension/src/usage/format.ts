@@ -110,8 +110,17 @@ export function budgetPercent(budget: IBudget | null | undefined): number | null
   return (num(budget.spent) / num(budget.limit)) * 100;
 }
 
-/** `warning` from the budget's `warn_percent` (80 when it names none), `exceeded` at 100. */
+/**
+ * `warning` from the budget's `warn_percent` (80 when it names none), `exceeded` at 100; the
+ * server's `state` wins when it sends one (a zero limit is exhausted, not "no budget").
+ */
 export function budgetLevel(budget: IBudget | null | undefined): BudgetLevel {
+  if (budget && budget.state === 'exhausted') {
+    return 'exceeded';
+  }
+  if (budget && budget.state === 'warning') {
+    return 'warning';
+  }
   const percent = budgetPercent(budget);
   if (percent === null) {
     return 'none';
@@ -124,6 +133,13 @@ export function budgetLevel(budget: IBudget | null | undefined): BudgetLevel {
       ? budget!.warn_percent
       : DEFAULT_WARN_PERCENT;
   return percent >= warnAt ? 'warning' : 'ok';
+}
+
+/** A budget amount in its metric's unit: dollars, or kernel time for `kernel_seconds`. */
+export function formatBudgetAmount(budget: IBudget, value: unknown, precise = false): string {
+  return budget.metric === 'kernel_seconds'
+    ? formatDuration(value)
+    : formatCost(value, { precise });
 }
 
 /** `this month`, `today`, `this week`. */
@@ -192,7 +208,9 @@ export function usageStatus(report: IUsageReport, now: Date): IStatusView {
   }
   const period = budget.period || 'month';
   const suffix = period === 'month' ? '' : ` ${periodLabel(period)}`;
-  const text = `${formatCost(budget.spent)} / ${formatCost(budget.limit)}${suffix}`;
+  const amount = (v: unknown, precise = false) => formatBudgetAmount(budget, v, precise);
+  const text = `${amount(budget.spent)} / ${amount(budget.limit)}${suffix}`;
+  const what = budget.metric === 'kernel_seconds' ? 'Kernel time' : 'AI spend';
   const state =
     level === 'exceeded'
       ? ' The budget is used up.'
@@ -202,8 +220,8 @@ export function usageStatus(report: IUsageReport, now: Date): IStatusView {
   return {
     text,
     title:
-      `AI spend ${periodLabel(period)}: ${formatCost(budget.spent, { precise: true })} of ` +
-      `${formatCost(budget.limit)} (${formatPercent(num(budget.spent) / num(budget.limit))}).` +
+      `${what} ${periodLabel(period)}: ${amount(budget.spent, true)} of ` +
+      `${amount(budget.limit)} (${formatPercent(num(budget.spent) / num(budget.limit))}).` +
       `${state} Click for details.`,
     level,
     percent
@@ -217,9 +235,58 @@ export function budgetText(budget: IBudget | null | undefined): string | null {
     return null;
   }
   return (
-    `${formatCost(budget.spent, { precise: true })} of ${formatCost(budget.limit)} ` +
+    `${formatBudgetAmount(budget, budget.spent, true)} of ` +
+    `${formatBudgetAmount(budget, budget.limit)} ` +
     `${periodLabel(budget.period)} (${formatPercent(percent / 100)})`
   );
+}
+
+/** The budget a `budget.warning` event frame carries, or null for any other frame. */
+export function budgetWarningOf(frame: {
+  type?: string;
+  payload?: unknown;
+  replayed?: boolean;
+}): IBudget | null {
+  const payload = frame.payload as { kind?: unknown; budget?: unknown } | null | undefined;
+  if (
+    frame.type !== 'event' ||
+    frame.replayed ||
+    !payload ||
+    payload.kind !== 'budget.warning' ||
+    !payload.budget ||
+    typeof payload.budget !== 'object'
+  ) {
+    return null;
+  }
+  return payload.budget as IBudget;
+}
+
+/** `the group research's`, `your`: whose budget a scope key names. */
+function whose(scope: string | undefined): string {
+  if (scope && scope.startsWith('group:')) {
+    return `the team budget of ${scope.slice('group:'.length)}`;
+  }
+  return 'your budget';
+}
+
+/**
+ * The notice shown when a budget crosses its warning threshold: `You have used 82% of your
+ * monthly AI budget ($16.40 of $20.00). It resets on 2026-04-01 (UTC).`
+ */
+export function budgetNoticeText(budget: IBudget): string {
+  const percent = budgetPercent(budget) ?? num(budget.percent);
+  const what = budget.metric === 'kernel_seconds' ? 'kernel-time' : 'AI spending';
+  const period = budget.period === 'day' ? 'daily' : 'monthly';
+  const amounts =
+    `${formatBudgetAmount(budget, budget.spent, true)} of ` +
+    `${formatBudgetAmount(budget, budget.limit)}`;
+  const reset =
+    typeof budget.resets_at === 'string' && budget.resets_at.length >= 10
+      ? ` It resets on ${budget.resets_at.slice(0, 10)} (UTC).`
+      : '';
+  const who = whose(budget.scope);
+  const used = percent >= 100 ? 'all' : formatPercent(percent / 100);
+  return `You have used ${used} of ${who} (${period} ${what}: ${amounts}).${reset}`;
 }
 
 /** Whether a `event` frame reports metered model usage (`turn.usage`). */

@@ -8,11 +8,17 @@ import {
   JupyterFrontEnd,
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
-import { ICommandPalette, MainAreaWidget, WidgetTracker } from '@jupyterlab/apputils';
+import {
+  ICommandPalette,
+  MainAreaWidget,
+  Notification,
+  WidgetTracker
+} from '@jupyterlab/apputils';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { getChannel } from '../session';
+import { budgetNoticeText } from './logic';
 import { UsagePanel } from './panel';
 import { UsageStatus } from './status';
 
@@ -84,7 +90,18 @@ export const usagePlugin: JupyterFrontEndPlugin<void> = {
     if (statusBar) {
       const item = new UsageStatus({
         channel,
-        onOpen: () => void app.commands.execute(OPEN_USAGE_COMMAND)
+        onOpen: () => void app.commands.execute(OPEN_USAGE_COMMAND),
+        onBudgetWarning: budget => {
+          Notification.warning(budgetNoticeText(budget), {
+            autoClose: false,
+            actions: [
+              {
+                label: 'Show usage',
+                callback: () => void app.commands.execute(OPEN_USAGE_COMMAND)
+              }
+            ]
+          });
+        }
       });
       statusBar.registerStatusItem(`${USAGE_PLUGIN_ID}:status`, {
         item,

@@ -12,8 +12,8 @@ import type { IFrame } from '../channel';
 import type { IChannelLike } from '../search/api';
 import { Debouncer } from '../search/debounce';
 import { fetchUsage, MONTH_DAYS } from './api';
-import { isUsageEvent, IStatusView, usageStatus } from './logic';
-import type { IUsageReport } from './types';
+import { budgetWarningOf, isUsageEvent, IStatusView, usageStatus } from './logic';
+import type { IBudget, IUsageReport } from './types';
 
 /** How often the item refreshes on its own. */
 export const REFRESH_MS = 60_000;
@@ -27,6 +27,8 @@ export namespace UsageStatus {
     channel?: IChannelLike | null;
     /** Loads the report; defaults to `GET cloudide/api/usage?days=31&bucket=day`. */
     fetch?: () => Promise<IUsageReport>;
+    /** A budget crossed its warning threshold (a `budget.warning` event): show a notice. */
+    onBudgetWarning?: (budget: IBudget) => void;
   }
 }
 
@@ -34,6 +36,7 @@ export class UsageStatus extends Widget {
   constructor(options: UsageStatus.IOptions) {
     super();
     this._onOpen = options.onOpen;
+    this._onBudgetWarning = options.onBudgetWarning ?? null;
     this._fetch = options.fetch ?? (() => fetchUsage(MONTH_DAYS, 'day'));
     this.addClass('jp-cloudide-usage-status');
     this.node.setAttribute('data-testid', 'usage-status');
@@ -146,6 +149,13 @@ export class UsageStatus extends Widget {
   }
 
   private _onFrame(_: unknown, frame: IFrame): void {
+    const warned = budgetWarningOf(frame);
+    if (warned) {
+      // the item turns to its warning state at once, and the user is told why
+      this._onBudgetWarning?.(warned);
+      void this.refresh();
+      return;
+    }
     if (isUsageEvent(frame)) {
       this._debouncer.schedule();
     }
@@ -156,6 +166,7 @@ export class UsageStatus extends Widget {
   }
 
   private _onOpen: () => void;
+  private _onBudgetWarning: ((budget: IBudget) => void) | null;
   private _fetch: () => Promise<IUsageReport>;
   private _label: HTMLSpanElement;
   private _debouncer: Debouncer;

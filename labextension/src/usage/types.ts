@@ -48,6 +48,17 @@ export interface IBudget {
   spent: number;
   period: 'month' | 'day' | 'week' | string;
   warn_percent?: number;
+  /** `user:<name>` or `group:<name>` (a team budget) */
+  scope?: string;
+  /** `cost` (USD, the default) or `kernel_seconds` */
+  metric?: 'cost' | 'kernel_seconds' | string;
+  /** held by requests in progress */
+  reserved?: number;
+  percent?: number;
+  /** the server's verdict: wins over what spent/limit say */
+  state?: 'ok' | 'warning' | 'exhausted' | string;
+  period_start?: string;
+  resets_at?: string;
 }
 
 /** Body of `GET cloudide/api/usage`. */
@@ -61,6 +72,14 @@ export interface IUsageReport {
   series: IUsagePoint[];
   kernel_series: IKernelPoint[];
   budget: IBudget | null;
+  /** every budget that applies, most used first (`budget` is the first) */
+  budgets?: IBudget[];
+}
+
+/** Payload of an `event` frame of kind `budget.warning` (once per budget and period). */
+export interface IBudgetWarningEvent {
+  kind: 'budget.warning';
+  budget: IBudget;
 }
 
 /** Payload of an `event` frame of kind `turn.usage` (sent after each metered model call). */

@@ -1,0 +1,57 @@
+"""``cloudide/v1/messages``: the Anthropic Messages API over the same governed models.
+
+Thin, like the OpenAI handlers beside it: it parses (``agent.wire.anthropic``), asks the same
+API service and writes. Everything else is the ``V1Handler`` base, switched to Anthropic's
+shapes by its ``wire_format`` seam: bearer or ``x-api-key`` auth (``anthropic-version`` and
+``anthropic-beta`` are accepted and ignored: we serve one version of the format), errors as
+``{"type": "error", ...}``, ``ping`` events as keep-alives, a client that leaves cancelling the
+upstream call with the tokens so far billed. Same router, allowlists, budget hook, rate-limit
+class (``v1``) and ledger route (``v1``) as Chat Completions, so a client's choice of SDK
+changes nothing about what it may do or what it costs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from jupyter_server.auth.decorator import authorized
+from tornado import web
+
+from ...agent.wire import anthropic as wire
+from .base import V1Handler
+
+
+class MessagesHandler(V1Handler):
+    route_name = "v1_messages"
+    operations = {"POST": "createMessage"}
+    wire_format: ClassVar[Any] = wire
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        request, stream = wire.parse_messages_request(self.json_body())
+        app = self.cloudide
+        api = await app.api_service()
+        choices = await api.check(self.principal, request)
+        reserved = self._received // 4  # ~4 bytes a token; settled with the real count after
+        # as on Chat Completions: the worst case is held on the caller's budgets until the
+        # real cost is in the ledger (BudgetExceededError: 429, x-should-retry: false)
+        budget = await app.reserve_budget(self.principal.user, self.principal.groups,
+                                          api.worst_case_cost(request, choices, reserved))
+        try:
+            await self.rate_limit("v1", reserved)
+            encoder = wire.MessageEncoder(wire.new_message_id(), request.model)
+            events = api.chat(self.principal, request, choices, reserved=reserved)
+            if stream:
+                await self.run_cancellable(self.stream_events(events, encoder.encode,
+                                                              app.v1_keepalive_seconds))
+                return
+
+            async def complete() -> None:
+                async for event in events:
+                    encoder.encode(event)
+                self.write_openai(encoder.message())
+
+            await self.run_cancellable(complete())
+        finally:
+            app.settle_budget(budget)
