@@ -108,6 +108,7 @@ async def test_create_non_streaming(cloudide: Any, sdk_base: str, server_token: 
                                 {"role": "user", "content": "Hi"}]
     assert (sent["max_tokens"], sent["temperature"], sent["stop"]) == (64, 0.5, ["###"])
     assert "some_future_field" not in sent and "top_k" not in sent
+    assert not sent.get("stream"), "a non-streaming request makes one non-streamed call"
 
 
 async def test_stream_final_message_and_text_stream(cloudide: Any, sdk_base: str,

@@ -88,8 +88,9 @@ def parse_messages_request(body: dict[str, Any]) -> tuple[ApiChatRequest, bool]:
         model=str(body["model"]), messages=messages, tools=tools,
         tool_choice=choice if tools else None, parallel_tool_calls=parallel if tools else None,
         max_tokens=int(body["max_tokens"]), temperature=body.get("temperature"),
-        top_p=body.get("top_p"), stop=tuple(s for s in stops if isinstance(s, str) and s))
-    return request, bool(body.get("stream"))
+        top_p=body.get("top_p"), stop=tuple(s for s in stops if isinstance(s, str) and s),
+        stream=bool(body.get("stream")))
+    return request, request.stream
 
 
 def _tools(raw: Sequence[Any]) -> list[ToolSpec]:

@@ -16,14 +16,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from http.client import responses
 from typing import Any, ClassVar
 
 from tornado import web
 from tornado.iostream import StreamClosedError
 
-from ...agent.api import ApiEvent, Principal
+from ...agent.api import ApiChatRequest, ApiEvent, Principal
 from ...agent.providers.base import ProviderError
 from ...agent.wire import openai as wire
 from ...errors import CloudIDEError
@@ -174,6 +174,38 @@ class V1Handler(CloudIDEHandler):
             if pinger is not None:
                 pinger.cancel()
         self.finish(set_content_type="text/event-stream; charset=utf-8")
+
+    async def answer_chat(self, request: ApiChatRequest, stream: bool,
+                          encode: Callable[[ApiEvent], Any],
+                          body: Callable[[], dict[str, Any]]) -> None:
+        """A model answer's life on either wire (Chat Completions, Messages): the model and
+        allowlist checked, the worst case held on the caller's budgets (BudgetExceededError:
+        429, ``x-should-retry: false``) until the real cost is in the ledger, the tokens
+        rate-limited, then the events streamed through ``encode`` (-> an SSE frame) or
+        collected through it and ``body()`` written. The budget hold is released whatever
+        happens (refused, failed, the client gone)."""
+        app = self.cloudide
+        api = await app.api_service()
+        choices = await api.check(self.principal, request)
+        reserved = self._received // 4  # ~4 bytes a token; settled with the real count after
+        budget = await app.reserve_budget(self.principal.user, self.principal.groups,
+                                          api.worst_case_cost(request, choices, reserved))
+        try:
+            await self.rate_limit("v1", reserved)
+            events = api.chat(self.principal, request, choices, reserved=reserved)
+            if stream:
+                await self.run_cancellable(self.stream_events(events, encode,
+                                                              app.v1_keepalive_seconds))
+                return
+
+            async def complete() -> None:
+                async for event in events:
+                    encode(event)
+                self.write_openai(body())
+
+            await self.run_cancellable(complete())
+        finally:
+            app.settle_budget(budget)
 
     def finish(self, *args: Any, **kwargs: Any) -> Any:
         if self._sse:

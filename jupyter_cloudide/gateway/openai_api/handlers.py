@@ -26,32 +26,13 @@ class ChatCompletionsHandler(V1Handler):
     @authorized
     async def post(self) -> None:
         request, stream, include_usage = wire.parse_chat_request(self.json_body())
-        app = self.cloudide
-        api = await app.api_service()
-        choices = await api.check(self.principal, request)
-        reserved = self._received // 4  # ~4 bytes a token; settled with the real count after
-        # the worst case is held on the caller's budgets until the real cost is in the ledger
-        budget = await app.reserve_budget(self.principal.user, self.principal.groups,
-                                          api.worst_case_cost(request, choices, reserved))
-        try:
-            await self.rate_limit("v1", reserved)
-            completion_id, created = wire.new_completion_id(), int(time.time())
-            events = api.chat(self.principal, request, choices, reserved=reserved)
-            if stream:
-                encoder = wire.ChunkEncoder(completion_id, created, include_usage)
-                await self.run_cancellable(self.stream_events(events, encoder.encode,
-                                                              app.v1_keepalive_seconds))
-                return
-
-            async def complete() -> None:
-                builder = wire.CompletionBuilder(completion_id, created)
-                async for event in events:
-                    builder.add(event)
-                self.write_openai(builder.body())
-
-            await self.run_cancellable(complete())
-        finally:
-            app.settle_budget(budget)
+        completion_id, created = wire.new_completion_id(), int(time.time())
+        if stream:
+            encoder = wire.ChunkEncoder(completion_id, created, include_usage)
+            await self.answer_chat(request, True, encoder.encode, dict)
+            return
+        builder = wire.CompletionBuilder(completion_id, created)
+        await self.answer_chat(request, False, builder.add, builder.body)
 
 
 class ModelsHandler(V1Handler):

@@ -30,28 +30,5 @@ class MessagesHandler(V1Handler):
     @authorized
     async def post(self) -> None:
         request, stream = wire.parse_messages_request(self.json_body())
-        app = self.cloudide
-        api = await app.api_service()
-        choices = await api.check(self.principal, request)
-        reserved = self._received // 4  # ~4 bytes a token; settled with the real count after
-        # as on Chat Completions: the worst case is held on the caller's budgets until the
-        # real cost is in the ledger (BudgetExceededError: 429, x-should-retry: false)
-        budget = await app.reserve_budget(self.principal.user, self.principal.groups,
-                                          api.worst_case_cost(request, choices, reserved))
-        try:
-            await self.rate_limit("v1", reserved)
-            encoder = wire.MessageEncoder(wire.new_message_id(), request.model)
-            events = api.chat(self.principal, request, choices, reserved=reserved)
-            if stream:
-                await self.run_cancellable(self.stream_events(events, encoder.encode,
-                                                              app.v1_keepalive_seconds))
-                return
-
-            async def complete() -> None:
-                async for event in events:
-                    encoder.encode(event)
-                self.write_openai(encoder.message())
-
-            await self.run_cancellable(complete())
-        finally:
-            app.settle_budget(budget)
+        encoder = wire.MessageEncoder(wire.new_message_id(), request.model)
+        await self.answer_chat(request, stream, encoder.encode, encoder.message)
