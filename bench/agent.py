@@ -21,8 +21,9 @@ per round), both clients in this process on one asyncio loop, after ``--warmup``
 (the first turn through the server pays model discovery, the SDK import and the provider
 client: ``first_turn_ms``):
 
-1. ``direct``: the real ``openai`` SDK (``AsyncOpenAI``, the client our server uses, retries
-   off) calling the fake upstream with ``stream=True, stream_options={"include_usage": True}``.
+1. ``direct``: the fake upstream called as our server's provider calls it (the JSON POSTed on
+   the openai SDK's default HTTP client, SSE lines parsed with ``json``), with
+   ``stream=True, stream_options={"include_usage": True}``.
    The request body is the one our server sent during the warm-up (recorded by the upstream:
    system prompt, one user message, the tool specs, max_tokens), so both sides send and
    receive the same bytes upstream. TTFT = the first chunk with non-empty ``delta.content``;
@@ -39,12 +40,12 @@ p50 and p99 for both, and ``targets``. Also:
   ``model.call``, first and last ``stream``, ``turn.usage``, ``response``), the same gaps of
   ``direct`` (first / last content chunk, end) and the WS ping round trip (``ping`` ->
   ``pong``, no dispatch), i.e. the socket hop alone. A frame emitted while the connection
-  is idle is written at once, so ``prompt`` and ``model.call`` leave before the SDK builds
-  its request and ``model_call_to_first`` holds the SDK's request time. Deltas emitted
+  is idle is written at once, so ``prompt`` and ``model.call`` leave before the provider
+  sends its request and ``model_call_to_first`` holds the upstream request's time. Deltas emitted
   while an earlier frame is still queued are merged into it (one ``stream`` frame, the
   texts concatenated): ``last`` is the arrival of the frame carrying the last delta.
 - ``cpu_ms_per_turn``: CPU (user + system, /proc) per turn of the server while each side ran,
-  and of this process (the SDK client for ``direct``, the WS client for ``ours``). On a small
+  and of this process (the HTTP client for ``direct``, the WS client for ``ours``). On a small
   machine the server's CPU per turn is most of its latency.
 - ``fixed_conversation``: ``--fixed`` turns in ONE conversation (the prompt grows every turn),
   ours only: first vs last turns.
@@ -94,9 +95,6 @@ MODEL = "gpt-4o-mini"
 USER_TEXT = "hi"
 RATE_LIMITS = {"chat": {"requests_per_minute": 100_000_000, "tokens_per_minute": None}}
 READY_MARK = "UPSTREAM_READY "
-#: create() keyword arguments of the openai SDK; anything else the server sent goes as extra_body
-SDK_KWARGS = ("model", "messages", "tools", "max_tokens", "temperature", "stream",
-              "stream_options", "tool_choice", "max_completion_tokens")
 
 
 def reply_text(chunks: int, size: int) -> str:
@@ -232,19 +230,21 @@ def wait_ready(proc: Proc) -> None:
 
 
 class Direct:
-    """The openai SDK straight on the fake upstream."""
+    """The fake upstream called the way our server's provider calls it: the request's JSON
+    POSTed on the openai SDK's default HTTP client, the SSE lines parsed with ``json``. (With
+    the SDK's own ``chat.completions.create`` as the baseline, its request building and a
+    pydantic object per chunk cost this side ~5 ms of CPU a turn that our server no longer
+    pays, and the "added" figures came out negative.)"""
 
     def __init__(self, upstream: dict[str, str], body: dict[str, Any], text: str) -> None:
-        from openai import AsyncOpenAI
+        from openai import DefaultAsyncHttpxClient
 
-        self.client = AsyncOpenAI(api_key=upstream["api_key"], base_url=upstream["base_url"],
-                                  max_retries=0, timeout=IO_TIMEOUT_S)
-        self.kwargs = {k: v for k, v in body.items() if k in SDK_KWARGS}
-        extra = {k: v for k, v in body.items() if k not in SDK_KWARGS}
-        if extra:
-            self.kwargs["extra_body"] = extra
-        self.kwargs["stream"] = True
-        self.kwargs["stream_options"] = {"include_usage": True}
+        self.http = DefaultAsyncHttpxClient(timeout=IO_TIMEOUT_S)
+        self.url = upstream["base_url"].rstrip("/") + "/chat/completions"
+        self.headers = {"Authorization": f"Bearer {upstream['api_key']}",
+                        "Content-Type": "application/json"}
+        self.body = json.dumps({**body, "stream": True,
+                                "stream_options": {"include_usage": True}}).encode()
         self.text = text
 
     async def turn(self) -> dict[str, float]:
@@ -252,16 +252,25 @@ class Direct:
         first = last = None
         usage = None
         t0 = time.perf_counter()
-        stream = await self.client.chat.completions.create(**self.kwargs)
-        async for chunk in stream:
-            if chunk.usage is not None:
-                usage = chunk.usage
-            for choice in chunk.choices:
-                if choice.delta is not None and choice.delta.content:
-                    last = time.perf_counter()
-                    if first is None:
-                        first = last
-                    parts.append(choice.delta.content)
+        request = self.http.build_request("POST", self.url, headers=self.headers,
+                                          content=self.body)
+        response = await self.http.send(request, stream=True)
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                if chunk.get("usage") is not None:
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        last = time.perf_counter()
+                        if first is None:
+                            first = last
+                        parts.append(content)
+        finally:
+            await response.aclose()
         t1 = time.perf_counter()
         if "".join(parts) != self.text or usage is None or first is None or last is None:
             raise RuntimeError(f"direct: unexpected reply {''.join(parts)!r}, usage {usage!r}")
@@ -269,7 +278,7 @@ class Direct:
                 "last_to_end": t1 - last}
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.http.aclose()
 
 
 class Ours:
@@ -522,7 +531,7 @@ async def bench(args: argparse.Namespace, fleet: Fleet, server: Proc, upstream: 
         out = figures(samples, pings)
         out["first_turn_ms"] = first_turn
         # CPU seconds per turn: the server's while each side ran, and this process's (the
-        # SDK client for direct, the WS client for ours); /proc, whole processes
+        # HTTP client for direct, the WS client for ours); /proc, whole processes
         out["cpu_ms_per_turn"] = {key: ms(value / max(1, len(samples[key.split("_")[1]])))
                                   for key, value in cpu.items()}
         out["prompt_tokens_new_conversation"] = ours.prompt_tokens[-1]
