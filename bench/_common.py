@@ -3,8 +3,9 @@
 The scripts import it as ``_common``: ``python bench/<script>.py`` puts ``bench/`` first on
 ``sys.path``. It holds the process fleet (every child in its own process group, with its
 output in a log file; stopped with SIGTERM, then SIGKILL), small helpers (free port,
-percentile, versions, ``jupyter server`` start, authenticated GET) and ``bench_main``,
-the common ``main()``: logging, signals, log tails on error, clean-up, one JSON line.
+percentile, versions, ``jupyter server`` start, authenticated GET, the ``--max-runtime``
+alarm) and ``bench_main``, the common ``main()``: logging, signals, log tails on error,
+clean-up, one JSON line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -83,6 +84,22 @@ def versions(*dists: str, **known: str | None) -> dict[str, str]:
         out[dist] = given if given is not None else version_of(dist)
     out["python"] = platform.python_version()
     return out
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise ``TimeoutError`` in the main thread if the block runs longer than ``seconds``
+    (SIGALRM; the scripts' ``--max-runtime`` hard limit)."""
+
+    def on_alarm(signum: int, _frame: Any) -> None:
+        raise TimeoutError(f"run exceeded --max-runtime {seconds}s")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
 
 
 def repo_env() -> dict[str, str]:

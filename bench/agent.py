@@ -81,9 +81,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Fleet, Proc, bench_main, http_get, pct, repo_env, versions
+from _common import REPO, Fleet, Proc, bench_main, http_get, pct, repo_env, time_limit, versions
 
-REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 
 log = logging.getLogger("bench.agent")
@@ -142,8 +141,14 @@ def upstream_child(argv: list[str]) -> int:
             self.requests.clear()  # bounded memory over thousands of requests
             return Turn(text=text, chunk_size=args.chunk_size)
 
+    return serve_upstream(Fixed)
+
+
+def serve_upstream(upstream_cls: Any) -> int:
+    """Start ``upstream_cls`` (a ``FakeUpstream``), print its address after ``READY_MARK``
+    (read by :func:`upstream_address`) and serve until SIGTERM."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with Fixed() as up:
+    with upstream_cls() as up:
         print(READY_MARK + json.dumps({"base_url": up.openai_base_url, "api_key": up.api_key}),
               flush=True)
         while True:
@@ -629,14 +634,9 @@ def read_profile(spy: Proc, out_path: Path, rate: int, turns: int) -> dict[str, 
 
 
 def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
-    def on_alarm(signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"run exceeded --max-runtime {args.max_runtime}s")
-
     for name in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)  # a line per request otherwise
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.max_runtime)
-    try:
+    with time_limit(args.max_runtime):
         t0 = time.perf_counter()
         text = reply_text(args.chunks, args.chunk_size)
         up_proc, upstream, record = start_upstream(fleet, args)
@@ -651,8 +651,6 @@ def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
             "added_total_p50_le_5ms": bool(out["added_total_p50_ms"] <= TARGET_ADDED_MS),
         }
         return out
-    finally:
-        signal.alarm(0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

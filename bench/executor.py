@@ -45,7 +45,6 @@ import http.client
 import json
 import logging
 import os
-import signal
 import socket
 import statistics
 import sys
@@ -54,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import websockets
-from _common import Fleet, Proc, bench_main, http_get, pct, repo_env, versions
+from _common import Fleet, Proc, bench_main, http_get, pct, repo_env, time_limit, versions
 from jupyter_client.blocking import BlockingKernelClient
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
@@ -368,15 +367,8 @@ def sample_first_exec(http: Http, proc: Proc, n: int, *, wait_pool: bool,
 
 
 def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
-    def on_alarm(signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"run exceeded --max-runtime {args.max_runtime}s")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.max_runtime)
-    try:
+    with time_limit(args.max_runtime):
         return _run(args, fleet)
-    finally:
-        signal.alarm(0)
 
 
 def _run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:

@@ -73,7 +73,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import sys
 import time
@@ -82,7 +81,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import REPO, Fleet, bench_main, pct, versions
+from _common import REPO, Fleet, bench_main, pct, time_limit, versions
 
 sys.path.insert(0, str(REPO))
 
@@ -639,15 +638,8 @@ async def _phases(args: argparse.Namespace, out: dict[str, Any], work: Path, src
 
 
 def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
-    def on_alarm(signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"run exceeded --max-runtime {args.max_runtime}s")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.max_runtime)
-    try:
+    with time_limit(args.max_runtime):
         return asyncio.run(_run_async(args, fleet))
-    finally:
-        signal.alarm(0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

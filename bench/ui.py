@@ -70,15 +70,13 @@ import itertools
 import logging
 import os
 import re
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import Fleet, bench_main, pct, versions
+from _common import REPO, Fleet, bench_main, pct, time_limit, versions
 
-REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 for _path in (TESTS, TESTS / "ui"):  # fake_upstream; then tests/ui's conftest (the e2e
     if str(_path) not in sys.path:  # helpers) first, before tests/conftest.py
@@ -403,7 +401,7 @@ BASELINE_HTML = """<!doctype html>
 # one side
 
 
-def new_page(browser: Any, lab: Any) -> tuple[Any, Any]:
+def new_page(browser: Any) -> tuple[Any, Any]:
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.add_init_script(script=INIT_SCRIPT)
     page = context.new_page()
@@ -418,7 +416,7 @@ def measure_side(side: str, browser: Any, lab: Any, upstream: Any, paced: Any,
     from conftest import open_lab, run_command
     from fake_upstream import Turn
 
-    context, page = new_page(browser, lab)
+    context, page = new_page(browser)
     try:
         if side == "ours":
             open_lab(page, lab)
@@ -431,12 +429,12 @@ def measure_side(side: str, browser: Any, lab: Any, upstream: Any, paced: Any,
                 page.click('[data-testid="chat-send"]')
 
             def wait_turn_end(last: str) -> None:
-                page.wait_for_function("""(last) => {
-                    const all = document.querySelectorAll('[data-testid="assistant-message"]');
+                page.wait_for_function("""([last, target, root]) => {
+                    const all = document.querySelectorAll(target);
                     const m = all[all.length - 1];
-                    return !!m && m.textContent.includes(last) && document.querySelector(
-                        '[data-testid="chat-panel"]').dataset.running === 'false';
-                }""", arg=last, timeout=120_000, polling=200)
+                    return !!m && m.textContent.includes(last) &&
+                        document.querySelector(root).dataset.running === 'false';
+                }""", arg=[last, ASSISTANT, CHAT_PANEL], timeout=120_000, polling=200)
         else:
             # a document of the lab's origin (a page from elsewhere may not open a socket to
             # loopback: Chromium's local network access checks), then our markup in it
@@ -572,15 +570,8 @@ def merge(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
-    def on_alarm(signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"run exceeded --max-runtime {args.max_runtime}s")
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.max_runtime)
-    try:
+    with time_limit(args.max_runtime):
         return run_bench(args, fleet)
-    finally:
-        signal.alarm(0)
 
 
 def run_bench(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:

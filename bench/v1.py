@@ -55,17 +55,15 @@ import json
 import logging
 import os
 import secrets
-import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import Fleet, Proc, bench_main, free_port, pct, repo_env, versions
-from agent import READY_MARK, ms, proc_cpu_s, reply_text, stats, upstream_address, wait_ready
+from _common import REPO, Fleet, Proc, bench_main, free_port, pct, repo_env, time_limit, versions
+from agent import ms, proc_cpu_s, reply_text, serve_upstream, stats, upstream_address, wait_ready
 from agent import start_server as agent_start_server
 
-REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
 
 log = logging.getLogger("bench.v1")
@@ -108,12 +106,7 @@ def upstream_child(argv: list[str]) -> int:
                             delay_between_chunks=args.slow_delay)
             return Turn(text=fast, chunk_size=args.chunk_size)
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with Fixed() as up:
-        print(READY_MARK + json.dumps({"base_url": up.openai_base_url, "api_key": up.api_key}),
-              flush=True)
-        while True:
-            signal.pause()
+    return serve_upstream(Fixed)
 
 
 # ------------------------------------------------------------------------------------------
@@ -391,14 +384,9 @@ async def bench(args: argparse.Namespace, sides: list[Side], upstream_pid: int
 
 
 def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
-    def on_alarm(signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"run exceeded --max-runtime {args.max_runtime}s")
-
     for name in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(name).setLevel(logging.WARNING)  # a line per request otherwise
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(args.max_runtime)
-    try:
+    with time_limit(args.max_runtime):
         t0 = time.perf_counter()
         up_proc, upstream = start_upstream(fleet, args)
         server = start_server(fleet, upstream)
@@ -445,8 +433,6 @@ def run(args: argparse.Namespace, fleet: Fleet) -> dict[str, Any]:
         }
         out["server_pid"] = server.pid
         return out
-    finally:
-        signal.alarm(0)
 
 
 def litellm_version(args: argparse.Namespace) -> str:

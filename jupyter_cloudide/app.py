@@ -1073,14 +1073,10 @@ class CloudIDEApp(ExtensionApp):
         rules = parse_rules(self.budgets, self.budget_warn_percent, where="CloudIDEApp.budgets")
         self._members_to_store: set[tuple[str, str]] = set()
         return BudgetManager(rules, open_store=self.metadata_store,
-                             unwritten=self._ledger_unwritten,
+                             unwritten=self.ledger.unwritten,
                              fail_closed=self.budget_fail_closed,
                              on_warning=self._on_budget_warning,
                              remember_member=self._remember_member)
-
-    def _ledger_unwritten(self) -> list[Any]:
-        """Usage rows metered but not yet committed (the budgets add them to the DB sums)."""
-        return self.ledger.unwritten()
 
     def _remember_member(self, group: str, user: str) -> None:
         """Store a (group, user) pair seen in an identity, in the background, batched."""
@@ -1132,13 +1128,6 @@ class CloudIDEApp(ExtensionApp):
     def settle_budget(self, reservation: Reservation | None) -> None:
         """Release a reservation once the call's real cost is in the ledger."""
         self.budget_manager.settle(reservation)
-
-    async def check_budget(self, user: str, route_class: str, model: str | None,
-                           groups: tuple[str, ...] = ()) -> None:
-        """Refuse (BudgetExceededError: 429, ``x-should-retry: false`` on /v1) when a cost
-        budget of the caller is used up; nothing is reserved (routes that reserve use
-        reserve_budget)."""
-        await self.budget_manager.check(user, groups)
 
     def _settle_tokens(self, user: str, tokens: int) -> None:
         """Charge the rate limiter the difference between a request's token estimate and its

@@ -161,6 +161,17 @@ class SearchCommand(_IndexCommand):
         return 0
 
 
+def _open_store(cide: Any) -> Any:
+    """The metadata store as the server opens it (its folder created for SQLite), without the
+    server's start-up work (a running server's pending approvals stay pending)."""
+    from .storage.db import MetadataStore
+
+    url = cide.db_url
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:///:"):
+        Path(cide.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return MetadataStore(url).open()
+
+
 class _TokenCommand(JupyterApp):
     """Shared: the metadata store as the server opens it, and whose keys."""
 
@@ -176,13 +187,8 @@ class _TokenCommand(JupyterApp):
 
     def store(self) -> Any:
         from .app import CloudIDEApp
-        from .storage.db import MetadataStore
 
-        cide = CloudIDEApp(config=self.config)
-        url = cide.db_url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:"):
-            Path(cide.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        return MetadataStore(url).open()
+        return _open_store(CloudIDEApp(config=self.config))
 
     def _fail(self, message: str) -> None:
         print(f"error: {message}", file=sys.stderr)
@@ -311,13 +317,7 @@ class _UsageBase(JupyterApp):
         return CloudIDEApp(config=self.config)
 
     def store(self) -> Any:
-        from .storage.db import MetadataStore
-
-        cide = self.cide()
-        url = cide.db_url
-        if url.startswith("sqlite:///") and not url.startswith("sqlite:///:"):
-            Path(cide.data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
-        return MetadataStore(url).open()
+        return _open_store(self.cide())
 
     def _fail(self, message: str) -> None:
         print(f"error: {message}", file=sys.stderr)

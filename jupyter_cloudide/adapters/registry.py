@@ -23,6 +23,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any
 
 from ..agent.providers.base import (
+    FINISH_REASONS,
     ChatRequest,
     Event,
     Finish,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GROUP = "jupyter_cloudide.adapters"
-FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 #: events an adapter may run ahead of a slow reader before it waits
 _AHEAD = 256
 

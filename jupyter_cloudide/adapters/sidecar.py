@@ -34,10 +34,10 @@ from typing import Any
 
 from jupyter_core.application import JupyterApp
 from tornado import httpserver, netutil, web
-from tornado.iostream import StreamClosedError
 
 from ..agent.providers.base import ChatRequest, Event, ProviderError
 from ..errors import CloudIDEError, InvalidInputError
+from ..gateway.openai_api.sse import SseHandler
 from .base import AdapterConfigError, SecretSources
 from .registry import AdapterProvider, build_adapter, find_adapter
 
@@ -79,15 +79,13 @@ def _log_request(handler: web.RequestHandler) -> None:
              handler.get_status(), 1000 * handler.request.request_time())
 
 
-class _Handler(web.RequestHandler):
-    """OpenAI-shaped errors for everything; the optional bearer key."""
+class _Handler(SseHandler):
+    """OpenAI-shaped errors for everything; the optional bearer key; SSE and cancellation as
+    the server's ``cloudide/v1`` handlers do them (:class:`SseHandler`)."""
 
     def initialize(self, sidecar: Sidecar) -> None:
         self.sidecar = sidecar
-        self._work: asyncio.Future[None] | None = None
-        self._sse = False
-        self._last_write = 0.0
-        self._write_lock = asyncio.Lock()
+        self.wire_format = wire()
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
@@ -117,10 +115,7 @@ class _Handler(web.RequestHandler):
         else:
             error = wire().for_status(status_code, "internal server error" if status_code >= 500
                                       else responses.get(status_code, "error"))
-        self.set_status(error.status)
-        for name, value in error.headers.items():
-            self.set_header(name, value)
-        self.finish(json.dumps(error.body))
+        self.fail(error)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         if isinstance(value, CloudIDEError | ProviderError):
@@ -131,46 +126,6 @@ class _Handler(web.RequestHandler):
 
     def write_json(self, body: dict[str, Any]) -> None:
         self.finish(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
-
-    # -- work that ends with the connection -------------------------------------------------
-
-    async def cancellable(self, work: Any) -> None:
-        """Run ``work``; a client that goes away cancels it (and so the adapter's call)."""
-        self._work = asyncio.ensure_future(work)
-        try:
-            await self._work
-        except asyncio.CancelledError:
-            stream = getattr(self.request.connection, "stream", None)
-            if stream is not None and not stream.closed():
-                raise  # the server is stopping
-            log.info("%s %s: the client went away; call cancelled", self.request.method,
-                     self.request.path)
-
-    def on_connection_close(self) -> None:
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
-
-    # -- server-sent events ----------------------------------------------------------------
-
-    async def send(self, frame: str) -> None:
-        async with self._write_lock:  # tornado's flush() must not be awaited twice at once
-            if not self._sse:
-                self._sse = True
-                self.set_status(200)
-                self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-                self.set_header("Cache-Control", "no-cache")
-                self.set_header("X-Accel-Buffering", "no")
-            self.write(frame)
-            self._last_write = time.monotonic()
-            await self.flush()
-
-    async def keepalive(self, interval: float) -> None:
-        while True:
-            wait = self._last_write + interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            await self.send(wire().KEEPALIVE)
 
 
 class ChatCompletionsHandler(_Handler):
@@ -187,9 +142,9 @@ class ChatCompletionsHandler(_Handler):
             parallel_tool_calls=parsed.parallel_tool_calls, timeout_s=self.sidecar.timeout_s)
         events = self.sidecar.provider.stream_chat(request)
         if stream:
-            await self.cancellable(self.stream(parsed.model, events, include_usage))
+            await self.run_cancellable(self.stream(parsed.model, events, include_usage))
         else:
-            await self.cancellable(self.whole(parsed.model, events))
+            await self.run_cancellable(self.whole(parsed.model, events))
 
     async def whole(self, model: str, events: AsyncGenerator[Event, None]) -> None:
         w = wire()
@@ -205,32 +160,16 @@ class ChatCompletionsHandler(_Handler):
         """An error before the first event is a real status; after it, one error event."""
         w = wire()
         encoder = w.ChunkEncoder(w.new_completion_id(), int(time.time()), include_usage)
-        self._last_write = time.monotonic()
-        pinger = asyncio.ensure_future(self.keepalive(self.sidecar.keepalive_s)) \
-            if self.sidecar.keepalive_s > 0 else None
-        try:
-            async with contextlib.aclosing(events) as stream:
-                try:
-                    first = True
-                    async for event in stream:
-                        frame = ""
-                        if first:  # the role chunk goes with the first event, not before it
-                            frame = encoder.encode(routed(model))
-                            first = False
-                        frame += encoder.encode(event)
-                        if frame:
-                            await self.send(frame)
-                except (CloudIDEError, ProviderError) as exc:
-                    if not self._sse:
-                        raise
-                    log.info("stream ended by an error: %s", getattr(exc, "kind", exc))
-                    await self.send(w.error_for(exc).sse())
-        except StreamClosedError:
-            return  # the client left; the adapter's call was closed above
-        finally:
-            if pinger is not None:
-                pinger.cancel()
-        self.finish()
+        first = True
+
+        def encode(event: Event) -> Any:
+            nonlocal first
+            if not first:
+                return encoder.encode(event)
+            first = False  # the role chunk goes with the first event, not before it
+            return encoder.encode(routed(model)) + encoder.encode(event)
+
+        await self.stream_events(events, encode, self.sidecar.keepalive_s)
 
 
 class ModelsHandler(_Handler):

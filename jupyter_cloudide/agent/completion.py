@@ -209,7 +209,7 @@ class CompletionService:
                         suffix: str, fim: bool, stream_fim: Any, max_tokens: int,
                         on_delta: Callable[[str], None] | None) -> dict[str, Any]:
         completion_id = req.completion_id
-        if stream_fim is not None and fim:
+        if fim:  # implies stream_fim
             events = stream_fim(FimRequest(
                 model=spec.model, prompt=prefix, suffix=suffix, max_tokens=max_tokens,
                 timeout_s=self.timeout_s))

@@ -396,8 +396,9 @@ class AgentLoop:
         provider = self.registry.providers[spec.provider]
         max_tokens = min(spec.max_output_tokens, self.limits.max_output_tokens)
         # the tool specs travel with every request: their tokens are not the prompt's to use
+        specs_tokens = self._specs_tokens(specs, spec.id)
         fitted, report = fit(messages, window=spec.context_window,
-                             reserve_output=max_tokens + self._specs_tokens(specs, spec.id),
+                             reserve_output=max_tokens + specs_tokens,
                              counter=self.counter, model=spec.id, context=turn.context,
                              context_share=self.limits.context_share, summary=turn.summary)
         report.items.extend(turn.context_notes)
@@ -408,7 +409,7 @@ class AgentLoop:
         # the worst case (whole prompt, every output token) is held on the user's budgets
         # until the call's real cost is in the ledger; refused: the turn ends saying why
         reservation = await self._reserve(
-            turn, spec.cost(report.tokens + self._specs_tokens(specs, spec.id), max_tokens))
+            turn, spec.cost(report.tokens + specs_tokens, max_tokens))
         turn.emit("event", {"kind": "model.call", "turn_id": req.turn_id, "model": spec.id,
                             "reason": choice.reason, "step": turn.steps})
         started = time.monotonic()

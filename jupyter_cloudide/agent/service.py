@@ -58,7 +58,6 @@ class AgentService:
         configs = provider_configs(config.providers, env, self.secrets)
         self._api_keys = tuple(c.api_key for c in configs if c.api_key)
         providers = build_providers(configs, timeout_s=config.provider_timeout_s)
-        self._providers = providers
         self.registry = ModelRegistry(providers, model_specs(config.models, providers),
                                       allowlist=config.allowlist,
                                       default_model=config.default_model)
@@ -80,7 +79,7 @@ class AgentService:
         provider's ``options``): redacted from every tool result and context item the model
         sees."""
         values: list[str] = list(self._api_keys)
-        for provider in self._providers.values():
+        for provider in self.registry.providers.values():
             secret_values = getattr(provider, "secret_values", None)
             if secret_values is not None:
                 values.extend(secret_values())

@@ -13,7 +13,6 @@ import asyncio
 import os
 import secrets
 import signal
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -23,6 +22,7 @@ from traitlets.config import Application
 
 from .._version import __version__
 from ..errors import InvalidInputError
+from ..metering.reports import period
 from .team import BudgetRule, TeamLedger, parse_budget_rules, parse_rows
 
 if TYPE_CHECKING:
@@ -178,9 +178,7 @@ class CloudIDEHubService(Application):
             users = set(members[group])
         if user is not None:
             users = {user} if users is None else users & {user}
-        now = datetime.now(timezone.utc)
-        until = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        since = until - timedelta(days=days)
+        since, until = period(days)
         assert self.store is not None
         report: dict[str, Any] = await self.store.call(
             self.ledger.report, since=since, until=until, members=members, users=users)

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ForbiddenError, InvalidInputError
+from ..metering.budgets import METRICS, PERIODS, parse_rules, period_bounds
 
 if TYPE_CHECKING:
     from ..storage.db import MetadataStore, UsageEventIn
@@ -36,12 +37,9 @@ __all__ = [
     "hub_event_id",
     "parse_budget_rules",
     "parse_rows",
-    "period_start",
 ]
 
 KIND_KERNEL_BUSY = "kernel_busy"
-PERIODS = ("day", "month")
-METRICS = ("cost", "kernel_seconds")
 #: the ledger column of ``event_id`` is 128 characters
 EVENT_ID_MAX = 128
 _TEXT_MAX = 255
@@ -175,39 +173,22 @@ class BudgetRule:
 
 def parse_budget_rules(raw: Iterable[Mapping[str, Any]]) -> list[BudgetRule]:
     """Check the ``budgets`` setting at start-up (a typo must not silently disable a cap).
-    Only ``group:<name>`` scopes make sense on the hub: a user's own budget is its server's."""
-    rules: list[BudgetRule] = []
-    for index, item in enumerate(raw):
-        where = f"budgets[{index}]"
-        unknown = set(item) - {"scope", "period", "metric", "limit", "warn_percent"}
-        if unknown:
-            raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        scope = item.get("scope")
-        if not isinstance(scope, str) or not scope.startswith("group:") or len(scope) < 7:
-            raise ValueError(f"{where}.scope: expected 'group:<name>'")
-        period = item.get("period")
-        if period not in PERIODS:
-            raise ValueError(f"{where}.period: one of {', '.join(PERIODS)}")
-        metric = item.get("metric", "cost")
-        if metric not in METRICS:
-            raise ValueError(f"{where}.metric: one of {', '.join(METRICS)}")
-        limit = item.get("limit")
-        if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0:
-            raise ValueError(f"{where}.limit: a number >= 0")
-        warn = item.get("warn_percent")
-        if warn is not None and (isinstance(warn, bool) or not isinstance(warn, int | float)
-                                 or not 0 < warn <= 100):
-            raise ValueError(f"{where}.warn_percent: a number in (0, 100]")
-        rules.append(BudgetRule(scope, str(period), str(metric), float(limit),
-                                None if warn is None else float(warn)))
-    return rules
-
-
-def period_start(period: str, now: datetime) -> datetime:
-    """Start of the UTC calendar day or month that contains ``now``."""
-    now = now.astimezone(timezone.utc)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day if period == "day" else day.replace(day=1)
+    Only ``group:<name>`` scopes make sense on the hub: a user's own budget is its server's.
+    The rest is checked by the servers' own parser, so the hub never hands out a rule they
+    would refuse (``BudgetManager.set_remote``)."""
+    items = list(raw)
+    for index, item in enumerate(items):
+        scope = item.get("scope") if isinstance(item, Mapping) else None
+        if not isinstance(scope, str) or not scope.startswith("group:"):
+            raise ValueError(f"budgets[{index}].scope: expected 'group:<name>'")
+        if "period" not in item:
+            raise ValueError(f"budgets[{index}].period: one of {', '.join(PERIODS)}")
+    # warn_percent left out (or None): the servers' default applies
+    given = [{k: v for k, v in item.items() if not (k == "warn_percent" and v is None)}
+             for item in items]
+    return [BudgetRule(rule.scope, rule.period, rule.metric, rule.limit,
+                       rule.warn_percent if "warn_percent" in item else None)
+            for rule, item in zip(parse_rules(given, where="budgets"), given, strict=True)]
 
 
 def _empty_totals() -> dict[str, Any]:
@@ -328,7 +309,8 @@ class TeamLedger:
         mates = {g: {u for u in members.get(g, ()) if u != caller} for g in groups}
         everyone = set().union(*mates.values()) if mates else set()
         end = now + timedelta(days=1)
-        sums = {p: self.totals_by_user(period_start(p, now), end, everyone) for p in PERIODS}
+        sums = {p: self.totals_by_user(period_bounds(p, now)[0], end, everyone)
+                for p in PERIODS}
         out: dict[str, dict[str, float]] = {}
         for group, names in sorted(mates.items()):
             entry: dict[str, float] = {}

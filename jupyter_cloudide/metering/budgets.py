@@ -44,6 +44,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BudgetExceededError, ServiceUnavailableError
+from .pricing import period_bounds
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -150,18 +151,6 @@ def parse_rules(raw: Sequence[Mapping[str, Any]], default_warn_percent: float = 
         seen.add(rule.id)
         rules.append(rule)
     return rules
-
-
-def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
-    """``[start, end)`` of the UTC day or calendar month containing ``now``."""
-    now = now.astimezone(timezone.utc)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    if period == "day":
-        return day, day + timedelta(days=1)
-    start = day.replace(day=1)
-    end = (start.replace(year=start.year + 1, month=1) if start.month == 12
-           else start.replace(month=start.month + 1))
-    return start, end
 
 
 def _utcnow() -> datetime:
@@ -446,6 +435,7 @@ class BudgetManager:
             if self._row_in(row, group, users) and getattr(row, "event_id", None):
                 pending[str(row.event_id)] = row
         spend = dict(sums)
+        ends = {period: period_bounds(period, starts[period])[1] for period in PERIODS}
         merged: dict[str, tuple[datetime, float, float, str]] = dict(singles)
         for event_id, row in pending.items():
             merged[event_id] = (_row_time(row, began), float(getattr(row, "cost", 0) or 0),
@@ -453,7 +443,7 @@ class BudgetManager:
                                 str(getattr(row, "kind", "")))
         for at, cost, quantity, kind in merged.values():
             for period in PERIODS:
-                if at >= starts[period] and at < period_bounds(period, starts[period])[1]:
+                if starts[period] <= at < ends[period]:
                     spend[(period, "cost")] = spend.get((period, "cost"), 0.0) + cost
                     if kind in KERNEL_KINDS:
                         spend[(period, "kernel_seconds")] = \

@@ -90,15 +90,13 @@ class Ledger:
         flush_rows: int = 1_000,
         max_unwritten_rows: int = MAX_UNWRITTEN_ROWS,
         request_interval_s: float = 60.0,
-        group_of: Callable[[str], str | None] | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         """Nothing is written until :meth:`start` gives it the open store.
 
         ``flush_interval_s``: how long added rows wait to be batched; ``flush_rows``: a buffer
         this large is written at once. ``request_interval_s``: how often counted requests
-        become ``requests`` rows. ``group_of(user)``: the group to bill a row to when its
-        producer did not set one (None: none). ``clock``: tz-aware UTC now.
+        become ``requests`` rows. ``clock``: tz-aware UTC now.
         """
         self.pricing = pricing
         #: cumulative volume per billing period, user and price key (tiers)
@@ -108,7 +106,6 @@ class Ledger:
         self.flush_rows = max(1, int(flush_rows))
         self.max_unwritten_rows = max(1, int(max_unwritten_rows))
         self.request_interval_s = max(0.05, float(request_interval_s))
-        self.group_of = group_of
         self._clock = clock
         self._store: MetadataStore | None = None
         self._subscribers: list[Subscriber] = []
@@ -140,10 +137,6 @@ class Ledger:
             changes: dict[str, Any] = {}
             if row.occurred_at is None:
                 changes["occurred_at"] = at
-            if row.group is None and self.group_of is not None:
-                group = self.group_of(row.user)
-                if group:
-                    changes["group"] = group
             if row.kind in PRICED_KINDS:
                 cost = self.volumes.price_row(row, at)
                 changes["cost"] = 0.0 if cost is None else cost

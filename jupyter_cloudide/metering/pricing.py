@@ -35,7 +35,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..storage.db import MetadataStore, UsageEventIn
+    from ..storage.db import MetadataStore, UsageEventIn, UsageEventRecord
 
 __all__ = [
     "BILLING_PERIODS",
@@ -48,6 +48,7 @@ __all__ = [
     "Tier",
     "TokenPrice",
     "Volumes",
+    "period_bounds",
     "reprice",
 ]
 
@@ -57,6 +58,19 @@ KERNEL_KINDS = frozenset({"kernel_busy", "kernel_lifetime"})
 #: Kinds whose cost the ledger always computes (a producer's ``cost`` is ignored).
 PRICED_KINDS = TOKEN_KINDS | KERNEL_KINDS
 _CURRENCY_LEN = 8
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime]:
+    """``[start, end)`` of the UTC day or calendar month containing ``now`` (billing periods,
+    budget periods, the hub's team spend)."""
+    now = now.astimezone(timezone.utc)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return day, day + timedelta(days=1)
+    start = day.replace(day=1)
+    end = (start.replace(year=start.year + 1, month=1) if start.month == 12
+           else start.replace(month=start.month + 1))
+    return start, end
 
 
 class PricingError(ValueError):
@@ -242,15 +256,7 @@ class Pricing:
 
     def period_start(self, at: datetime) -> datetime:
         """Start (UTC) of the billing period ``at`` falls in."""
-        at = at.astimezone(timezone.utc)
-        day = at.replace(hour=0, minute=0, second=0, microsecond=0)
-        return day if self.period == "day" else day.replace(day=1)
-
-    def period_end(self, at: datetime) -> datetime:
-        start = self.period_start(at)
-        if self.period == "day":
-            return start + timedelta(days=1)
-        return (start + timedelta(days=32)).replace(day=1)
+        return period_bounds(self.period, at)[0]
 
     def key(self, kind: str, model: str | None, kernelspec: str | None) -> PriceKey | None:
         """The price entry a row is billed under (its volume counter), None if unpriced."""
@@ -346,7 +352,7 @@ class Volumes:
                                                         quantity))
         return cost
 
-    def price_row(self, row: UsageEventIn, at: datetime) -> float | None:
+    def price_row(self, row: UsageEventIn | UsageEventRecord, at: datetime) -> float | None:
         return self.price(row.user, row.kind, at, model=row.model, kernelspec=row.kernelspec,
                           input_tokens=row.input_tokens, output_tokens=row.output_tokens,
                           cached_tokens=cached_tokens_of(row.extra), quantity=row.quantity)
@@ -360,11 +366,8 @@ def reprice(store: MetadataStore, pricing: Pricing, since: datetime) -> dict[str
     start = pricing.period_start(since)
     volumes = Volumes(pricing)
 
-    def price(row: Any) -> float | None:
-        return volumes.price(row.user, row.kind, row.occurred_at, model=row.model,
-                             kernelspec=row.kernelspec, input_tokens=row.input_tokens,
-                             output_tokens=row.output_tokens,
-                             cached_tokens=cached_tokens_of(row.extra), quantity=row.quantity)
+    def price(row: UsageEventRecord) -> float | None:
+        return volumes.price_row(row, row.occurred_at)
 
     seen, changed = store.reprice_usage(start, price, pricing.currency)
     return {"since": start.isoformat(), "rows": seen, "changed": changed,

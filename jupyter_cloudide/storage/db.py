@@ -53,7 +53,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import URL, Connection, CursorResult, Engine, make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, Engine, Row, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -284,7 +284,8 @@ def _approval(row: Approval) -> ApprovalRecord:
     )
 
 
-def _usage(row: UsageLedger) -> UsageEventRecord:
+def _usage(row: UsageLedger | Row[Any]) -> UsageEventRecord:
+    """A ledger row (ORM object or Core row: the same attributes) as a record."""
     return UsageEventRecord(
         id=row.id,
         event_id=row.event_id,
@@ -1072,14 +1073,7 @@ class MetadataStore:
                     break
                 updates: list[dict[str, Any]] = []
                 for raw in page:
-                    record = UsageEventRecord(
-                        id=raw.id, event_id=raw.event_id, user=raw.user, group=raw.group,
-                        kind=raw.kind, source=raw.source, model=raw.model,
-                        kernelspec=raw.kernelspec, route=raw.route,
-                        input_tokens=int(raw.input_tokens), output_tokens=int(raw.output_tokens),
-                        quantity=float(raw.quantity), cost=float(raw.cost),
-                        currency=raw.currency, occurred_at=raw.occurred_at,
-                        created_at=raw.created_at, extra=dict(raw.extra or {}))
+                    record = _usage(raw)
                     seen += 1
                     cost = price(record)
                     if cost is None:

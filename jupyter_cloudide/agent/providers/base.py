@@ -89,6 +89,8 @@ class Finish:
 
 
 Event = TextDelta | ToolCallStarted | ToolCallDelta | ToolCall | Usage | Finish
+#: the finish reasons passed on to clients as they are (OpenAI's); any other is a "stop"
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 
 
 @dataclass(frozen=True)

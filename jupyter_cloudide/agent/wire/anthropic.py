@@ -27,19 +27,12 @@ of serving it.
 from __future__ import annotations
 
 import json
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...errors import (
-    BudgetExceededError,
-    CloudIDEError,
-    ConflictError,
-    InvalidInputError,
-    RateLimitedError,
-)
+from ...errors import CloudIDEError, InvalidInputError
 from ..api import ApiChatRequest, ApiEvent, Routed
 from ..providers.base import (
     Finish,
@@ -52,6 +45,7 @@ from ..providers.base import (
     ToolSpec,
     Usage,
 )
+from . import provider_failure
 
 KEEPALIVE = 'event: ping\ndata: {"type":"ping"}\n\n'
 #: the agent's finish reasons → Anthropic's stop reasons (the inverse of the provider's
@@ -422,10 +416,6 @@ def for_status(status: int, message: str, headers: dict[str, str] | None = None)
 def error_for(exc: BaseException) -> WireError:
     """Any exception → what the client gets. Our errors' and the providers' messages are safe
     to show; anything else is an internal error without details."""
-    if isinstance(exc, BudgetExceededError):  # a 429 the SDKs must not retry (the header)
-        return for_status(429, exc.message, exc.headers)
-    if isinstance(exc, RateLimitedError | ConflictError):
-        return for_status(exc.status, exc.message, exc.headers)
     if isinstance(exc, CloudIDEError):
         return for_status(exc.status, exc.message, exc.headers)
     if isinstance(exc, ProviderError):
@@ -434,18 +424,6 @@ def error_for(exc: BaseException) -> WireError:
 
 
 def _provider_error(exc: ProviderError) -> WireError:
-    headers: dict[str, str] = {}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-    kind = exc.kind
-    if kind == "rate_limited":
-        return for_status(429, f"the model provider is rate limiting: {exc.message}", headers)
-    if kind == "overloaded":
-        return for_status(529, f"the model provider is overloaded: {exc.message}", headers)
-    if kind == "timeout":
-        return for_status(504, exc.message, headers)
-    if kind == "bad_request":
-        return for_status(400, exc.message, headers)
-    if kind == "auth":  # our credentials for the upstream, not the client's
-        return for_status(502, "the model provider refused this server's credentials")
-    return for_status(502, f"model error ({kind}): {exc.message}", headers)
+    status, kind, message, headers = provider_failure(exc)
+    # Anthropic's status for an overloaded API (its SDKs retry it)
+    return for_status(529 if kind == "overloaded" else status, message, headers)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import sys
 import uuid
 from collections.abc import Sequence
@@ -22,17 +21,13 @@ from typing import Any
 from ...errors import (
     BudgetExceededError,
     CloudIDEError,
-    ConflictError,
     ForbiddenError,
     InvalidInputError,
     NotFoundError,
-    PayloadTooLargeError,
-    RateLimitedError,
-    ServiceUnavailableError,
-    UnauthorizedError,
 )
 from ..api import OPENAI_ONLY_FIELDS, ApiChatRequest, ApiEvent, ApiModel, Routed
 from ..providers.base import (
+    FINISH_REASONS,
     Finish,
     Message,
     ProviderError,
@@ -43,10 +38,10 @@ from ..providers.base import (
     ToolSpec,
     Usage,
 )
+from . import provider_failure
 
 DONE = "data: [DONE]\n\n"
 KEEPALIVE = ": keep-alive\n\n"
-FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter"})
 #: content part types read as text (``input_text``: the Responses API's name, sent by some)
 _TEXT_PARTS = frozenset({"text", "input_text"})
 
@@ -425,18 +420,12 @@ def error_for(exc: BaseException) -> WireError:
     if isinstance(exc, BudgetExceededError):
         return WireError(429, error_body(exc.message, "insufficient_quota",
                                          "insufficient_quota"), dict(exc.headers))
-    if isinstance(exc, RateLimitedError):
-        return WireError(429, error_body(exc.message, "requests", "rate_limit_exceeded"),
-                         dict(exc.headers))
     if isinstance(exc, NotFoundError) and exc.field == "model":
         return WireError(404, error_body(exc.message, "invalid_request_error",
                                          "model_not_found", "model"), dict(exc.headers))
     if isinstance(exc, ForbiddenError) and exc.field == "model":
         return WireError(403, error_body(exc.message, "permission_error",
                                          "model_not_allowed", "model"), dict(exc.headers))
-    if isinstance(exc, UnauthorizedError | InvalidInputError | ForbiddenError | NotFoundError
-                  | PayloadTooLargeError | ServiceUnavailableError | ConflictError):
-        return for_status(exc.status, exc.message, exc.field, exc.headers)
     if isinstance(exc, CloudIDEError):
         return for_status(exc.status, exc.message, exc.field, exc.headers)
     if isinstance(exc, ProviderError):
@@ -445,22 +434,8 @@ def error_for(exc: BaseException) -> WireError:
 
 
 def _provider_error(exc: ProviderError) -> WireError:
-    headers: dict[str, str] = {}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-    kind = exc.kind
-    if kind == "rate_limited":
-        return WireError(429, error_body(f"the model provider is rate limiting: {exc.message}",
-                                         "requests", "rate_limit_exceeded"), headers)
-    if kind == "overloaded":
-        return WireError(503, error_body(f"the model provider is overloaded: {exc.message}",
-                                         "server_error", "overloaded"), headers)
-    if kind == "timeout":
-        return WireError(504, error_body(exc.message, "server_error", "timeout"), headers)
-    if kind == "bad_request":
-        return WireError(400, error_body(exc.message, "invalid_request_error"), headers)
-    if kind == "auth":  # our credentials for the upstream, not the client's
-        return WireError(502, error_body("the model provider refused this server's "
-                                         "credentials", "server_error", "upstream_auth"))
-    return WireError(502, error_body(f"model error ({kind}): {exc.message}", "server_error",
-                                     "upstream_error"), headers)
+    status, kind, message, headers = provider_failure(exc)
+    code = {"overloaded": "overloaded", "auth": "upstream_auth"}.get(kind)
+    if code is not None:  # more specific than their status's code
+        return WireError(status, error_body(message, "server_error", code), headers)
+    return for_status(status, message, headers=headers)

@@ -19,6 +19,7 @@ from jupyter_server.auth.decorator import authorized
 from tornado import web
 
 from ...errors import ForbiddenError, InvalidInputError
+from ...metering.pricing import period_bounds
 from ...metering.reports import (
     BUCKETS,
     ledger_csv,
@@ -45,8 +46,7 @@ def parse_period(days: str, bucket: str, month: str | None) -> tuple[datetime, d
             raise InvalidInputError("period: only 'month' (the current UTC month)",
                                     field="period")
         now = datetime.now(timezone.utc)
-        since = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        return since, period(1, now)[1], bucket
+        return period_bounds("month", now)[0], period(1, now)[1], bucket
     if not re.fullmatch(r"[0-9]{1,3}", days) or not 1 <= int(days) <= MAX_DAYS:
         raise InvalidInputError(f"days: an integer from 1 to {MAX_DAYS}", field="days")
     since, until = period(int(days))

@@ -119,13 +119,14 @@ class BearerIdentity:
 
     async def _api_key(self, handler: Any, secret: str) -> tuple[Principal, User]:
         app = self._app
-        record = _cached(app, secret)
+        digest = _digest(secret)
+        record = _cached(app, digest)
         if record is None:
             store = await app.metadata_store()
             record = await store.call(store.verify_api_key, secret)
             if record is None:
                 raise unauthorized("invalid, expired or revoked API key", bad=True)
-            _remember(app, secret, record)
+            _remember(app, digest, record)
         user = ApiKeyUser(record.user)
         try:  # an Authorizer that cannot judge a key's user (JupyterHub's needs a hub model)
             allowed = app.server.authorizer.is_authorized(handler, user, "read",
@@ -157,9 +158,8 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _cached(app: Any, secret: str) -> Any:
+def _cached(app: Any, digest: str) -> Any:
     cache: dict[str, tuple[float, Any]] = app.__dict__.setdefault("_v1_key_cache", {})
-    digest = _digest(secret)
     hit = cache.get(digest)
     if hit is None:
         return None
@@ -177,11 +177,11 @@ def _cached(app: Any, secret: str) -> Any:
     return record
 
 
-def _remember(app: Any, secret: str, record: Any) -> None:
+def _remember(app: Any, digest: str, record: Any) -> None:
     cache: dict[str, tuple[float, Any]] = app.__dict__.setdefault("_v1_key_cache", {})
     if len(cache) >= _KEY_CACHE_MAX:
         cache.clear()
-    cache[_digest(secret)] = (time.monotonic() + KEY_CACHE_S, record)
+    cache[digest] = (time.monotonic() + KEY_CACHE_S, record)
 
 
 def forget_keys(app: Any) -> None:

@@ -12,16 +12,13 @@ away cancels the work: the upstream call is closed and what it produced is bille
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from http.client import responses
-from typing import Any, ClassVar
+from typing import Any
 
 from tornado import web
-from tornado.iostream import StreamClosedError
 
 from ...agent.api import ApiChatRequest, ApiEvent, Principal
 from ...agent.providers.base import ProviderError
@@ -29,20 +26,17 @@ from ...agent.wire import openai as wire
 from ...errors import CloudIDEError
 from ..base import CloudIDEHandler
 from .auth import BearerIdentity
+from .sse import SseHandler
 
 
-class V1Handler(CloudIDEHandler):
-    """Base of every ``cloudide/v1`` handler."""
+class V1Handler(SseHandler, CloudIDEHandler):
+    """Base of every ``cloudide/v1`` handler (SSE and cancellation: :class:`.sse.SseHandler`)."""
 
     auth_resource = "cloudide:v1"
     #: the wire format's error and keep-alive encoders (``error_for``, ``for_status``,
     #: ``KEEPALIVE``): a handler of another format (Anthropic Messages) sets its own module
-    wire_format: ClassVar[Any] = wire
+    wire_format: Any = wire
     v1_principal: Principal
-    _work: asyncio.Future[None] | None = None
-    _sse: bool = False
-    _last_write: float = 0.0
-    _write_lock: asyncio.Lock | None = None
 
     @property
     def identity_provider(self) -> Any:
@@ -93,87 +87,6 @@ class V1Handler(CloudIDEHandler):
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(error.body))
-
-    # -- work that ends with the connection -----------------------------------------------
-
-    async def run_cancellable(self, work: Any) -> None:
-        """Run ``work`` (a coroutine); the client going away cancels it."""
-        self._work = asyncio.ensure_future(work)
-        try:
-            await self._work
-        except asyncio.CancelledError:
-            if not self.request.connection or not self._gone():
-                raise  # the server is stopping, not the client leaving
-            with contextlib.suppress(Exception):
-                self.finish()
-
-    def _gone(self) -> bool:
-        stream = getattr(self.request.connection, "stream", None)
-        return stream is None or stream.closed()
-
-    def on_connection_close(self) -> None:
-        super().on_connection_close()
-        if self._work is not None and not self._work.done():
-            self._work.cancel()
-
-    # -- server-sent events -------------------------------------------------------------
-
-    def _start_sse(self) -> None:
-        self._sse = True
-        self.set_status(200)
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")  # and no proxy buffering either
-        # Nagle's algorithm would hold each small event until the client ACKs the previous
-        # one (the role chunk, then the first token waited on it). tornado turns TCP_NODELAY
-        # on only for the last write of a response and off again after it.
-        stream = getattr(self.request.connection, "stream", None)
-        if stream is not None:
-            stream.set_nodelay(True)
-
-    async def _send(self, frame: str) -> None:
-        assert self._write_lock is not None
-        async with self._write_lock:  # tornado's flush() must not be awaited twice at once
-            if not self._sse:
-                self._start_sse()
-            self.write(frame)
-            self._last_write = time.monotonic()
-            await self.flush()
-
-    async def _keepalive(self, interval: float) -> None:
-        while True:
-            wait = self._last_write + interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                continue
-            await self._send(self.wire_format.KEEPALIVE)
-
-    async def stream_events(self, events: AsyncGenerator[ApiEvent, None],
-                            encode: Any, keepalive_s: float) -> None:
-        """Write the events as SSE frames (``encode(event) -> str``). An error before the first
-        frame is raised (a real status); after it, it is one ``data: {"error": ...}`` event."""
-        self._write_lock = asyncio.Lock()
-        self._last_write = time.monotonic()
-        pinger = asyncio.ensure_future(self._keepalive(keepalive_s)) if keepalive_s > 0 \
-            else None
-        try:
-            async with contextlib.aclosing(events) as stream:
-                try:
-                    async for event in stream:
-                        frame = encode(event)
-                        if frame:
-                            await self._send(frame)
-                except (CloudIDEError, ProviderError) as exc:
-                    if not self._sse:
-                        raise
-                    self.log.info("v1 stream ended by an error: %s", type(exc).__name__)
-                    await self._send(self.wire_format.error_for(exc).sse())
-        except StreamClosedError:
-            return  # the client left between two events; the stream was closed above
-        finally:
-            if pinger is not None:
-                pinger.cancel()
-        self.finish(set_content_type="text/event-stream; charset=utf-8")
 
     async def answer_chat(self, request: ApiChatRequest, stream: bool,
                           encode: Callable[[ApiEvent], Any],

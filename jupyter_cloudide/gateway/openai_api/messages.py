@@ -12,7 +12,7 @@ changes nothing about what it may do or what it costs.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from jupyter_server.auth.decorator import authorized
 from tornado import web
@@ -24,7 +24,7 @@ from .base import V1Handler
 class MessagesHandler(V1Handler):
     route_name = "v1_messages"
     operations = {"POST": "createMessage"}
-    wire_format: ClassVar[Any] = wire
+    wire_format: Any = wire
 
     @web.authenticated
     @authorized

@@ -44,9 +44,10 @@ export class InflightStore {
   /** The remembered turns of `sessionId`, oldest first (others are forgotten). */
   list(sessionId?: string | null): IInflightTurn[] {
     const cutoff = this._now() - MAX_AGE_MS;
-    const all = this._read().filter(t => t.at >= cutoff);
+    const stored = this._read();
+    const all = stored.filter(t => t.at >= cutoff);
     const kept = sessionId === undefined ? all : all.filter(t => t.sessionId === sessionId);
-    if (kept.length !== this._read().length) {
+    if (kept.length !== stored.length) {
       this._write(kept);
     }
     return kept.sort((a, b) => a.seq - b.seq);

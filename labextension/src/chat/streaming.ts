@@ -237,12 +237,7 @@ export class StreamingMarkdown {
     this._disposed = true;
     this._generation++;
     this._cancelTimer();
-    for (const chunk of this._chunks) {
-      chunk.dispose();
-    }
-    this._chunks = [];
-    this._tail?.dispose();
-    this._tail = null;
+    this._disposeRenderers();
   }
 
   // -- internals --------------------------------------------------------------------------
@@ -270,12 +265,7 @@ export class StreamingMarkdown {
     this._generation++;
     this._cancelTimer();
     this._busy = false;
-    for (const chunk of this._chunks) {
-      chunk.dispose();
-    }
-    this._chunks = [];
-    this._tail?.dispose();
-    this._tail = null;
+    this._disposeRenderers();
     this._pending = null;
     while (this._host.firstChild) {
       this._host.removeChild(this._host.firstChild);
@@ -286,6 +276,16 @@ export class StreamingMarkdown {
     this._tailSource = '';
     this._shown = '';
     this._nextTailAt = 0;
+  }
+
+  /** Dispose of every stable chunk and the tail. */
+  private _disposeRenderers(): void {
+    for (const chunk of this._chunks) {
+      chunk.dispose();
+    }
+    this._chunks = [];
+    this._tail?.dispose();
+    this._tail = null;
   }
 
   private _cancelTimer(): void {
@@ -381,12 +381,7 @@ export class StreamingMarkdown {
   private _fail(error: unknown): void {
     this._failed = true;
     this._cancelTimer();
-    for (const chunk of this._chunks) {
-      chunk.dispose();
-    }
-    this._chunks = [];
-    this._tail?.dispose();
-    this._tail = null;
+    this._disposeRenderers();
     this._pending = null;
     this._showPlain();
     this._options.onError?.(error);
